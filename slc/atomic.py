@@ -1,0 +1,48 @@
+"""Write-then-rename outputs: a half-written file never appears at the destination."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import BinaryIO, Iterator
+
+from .errors import SlcInputError
+
+
+def check_output(path: str, force: bool) -> None:
+    """Fail early, before any work, if ``path`` exists or its folder is unusable."""
+    if os.path.isdir(path):
+        raise SlcInputError(f"expected an output file path, got a directory: {path}")
+    if os.path.exists(path) and not force:
+        raise SlcInputError(f"output exists: {path} (use --force to overwrite)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SlcInputError(f"expected an existing output folder, got {folder} (no such directory)")
+    if not os.access(folder, os.W_OK):
+        raise SlcInputError(f"expected a writable output folder, got {folder} (permission denied)")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, force: bool = False) -> Iterator[BinaryIO]:
+    """Yield a temp file next to ``path``; fsync and rename it into place on success only."""
+    check_output(path, force)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path) and not force:  # appeared while we worked
+            raise SlcInputError(f"output exists: {path} (use --force to overwrite)")
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,78 @@
+"""What every codec provides. A codec turns a block of labels into one chunk payload and back."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from ..errors import SlcFormatError, expect
+
+Kind = Literal["probs", "logits"]
+TENSOR_DTYPES = {"<f4": np.dtype("<f4"), "<f2": np.dtype("<f2")}
+
+
+class Codec(ABC):
+    """A fitted codec.
+
+    ``encode`` takes log-probabilities at the stored temperature, shape ``(n, C)``;
+    ``decode`` returns ``(labels, kind)`` where ``labels`` is ``(n, C)`` float32 and
+    ``kind`` says whether they are probabilities or logits (softmax gives the label).
+    Everything needed to decode lives in ``params()`` (JSON) and ``tensors()`` (arrays).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, classes: int):
+        self.classes = classes
+
+    @abstractmethod
+    def params(self) -> dict: ...
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @abstractmethod
+    def payload_size(self, n: int) -> int:
+        """Exact raw payload bytes for ``n`` labels (lets readers bound allocations)."""
+
+    @abstractmethod
+    def encode(self, logp: np.ndarray) -> bytes: ...
+
+    @abstractmethod
+    def decode(self, payload: bytes | memoryview, n: int) -> tuple[np.ndarray, Kind]: ...
+
+    @classmethod
+    def tensor_specs(cls, params: dict, classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The tensors a file with these params must carry: name -> (dtype, shape)."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def from_file(cls, params: dict, tensors: dict[str, np.ndarray], classes: int) -> "Codec":
+        """Rebuild from stored params and tensors. Must validate ``params`` fully."""
+
+
+def param(params: dict, key: str, typ: type | tuple[type, ...], lo: float | None = None,
+          hi: float | None = None, choices: tuple | None = None):
+    """Fetch and validate one codec parameter from an untrusted header."""
+    expect(key in params, f"codec parameter {key!r}", f"params {sorted(params)}")
+    v = params[key]
+    ok = isinstance(v, typ) and not (isinstance(v, bool) and typ in (int, float, (int, float)))
+    expect(ok, f"codec parameter {key!r} of type {getattr(typ, '__name__', typ)}", repr(v))
+    if lo is not None or hi is not None:
+        expect((lo is None or v >= lo) and (hi is None or v <= hi), f"{key} in [{lo}, {hi}]", v)
+    if choices is not None:
+        expect(v in choices, f"{key} in {list(choices)}", repr(v))
+    return v
+
+
+def split_payload(payload: bytes | memoryview, *sizes: int) -> list[memoryview]:
+    view = memoryview(payload)
+    if sum(sizes) != len(view):
+        raise SlcFormatError(f"expected a payload of {sum(sizes)} bytes, got {len(view)}")
+    out, pos = [], 0
+    for s in sizes:
+        out.append(view[pos:pos + s])
+        pos += s
+    return out

@@ -1,0 +1,31 @@
+"""Dense labels: probabilities at the stored temperature as fp16 or fp32 (eq. S11's baseline)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Codec, param
+
+
+class DenseCodec(Codec):
+    name = "dense"
+
+    def __init__(self, classes: int, dtype: str = "<f2"):
+        super().__init__(classes)
+        self.dtype = np.dtype(dtype)
+
+    def params(self) -> dict:
+        return {"dtype": self.dtype.str}
+
+    def payload_size(self, n: int) -> int:
+        return n * self.classes * self.dtype.itemsize
+
+    def encode(self, logp: np.ndarray) -> bytes:
+        return np.exp(logp).astype(self.dtype).tobytes()
+
+    def decode(self, payload, n):
+        a = np.frombuffer(payload, dtype=self.dtype).reshape(n, self.classes)
+        return a.astype(np.float32), "probs"
+
+    @classmethod
+    def from_file(cls, params, tensors, classes):
+        return cls(classes, param(params, "dtype", str, choices=("<f2", "<f4")))

@@ -1,0 +1,74 @@
+"""Soft labels in and out: validation, and conversion between logits, probabilities and temperatures.
+
+Internally a block of labels is carried as float32 log-probabilities at the stored
+temperature ``T``: ``log softmax(z / T)`` for logits ``z``, ``log softmax(log p / T)`` for
+probabilities ``p``. Any temperature can be recovered from them (see :func:`retemper`).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .errors import SlcInputError
+
+Source = Literal["logits", "probs"]
+PROB_FLOOR = 1e-30  # log of an exact zero probability
+SUM_TOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-6}
+
+
+def check_block(block: np.ndarray, source: Source, row0: int = 0) -> None:
+    """Raise ``SlcInputError`` on NaN/inf, negative or unnormalised probabilities."""
+    if block.dtype.kind != "f":
+        raise SlcInputError(f"expected floating-point labels, got dtype {block.dtype}")
+    finite = np.isfinite(block)
+    if not finite.all():
+        r = int(np.argwhere(~finite)[0][0])
+        raise SlcInputError(f"expected finite labels, got NaN or inf in row {row0 + r}")
+    if source == "probs":
+        if (block < 0).any():
+            r = int(np.argwhere(block < 0)[0][0])
+            raise SlcInputError(f"expected non-negative probabilities, got a negative value in row {row0 + r}")
+        sums = block.sum(1, dtype=np.float64)
+        tol = SUM_TOL.get(block.dtype, 1e-3) + 1e-6 * block.shape[1]
+        bad = np.abs(sums - 1) > tol
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise SlcInputError(f"expected probabilities summing to 1, got {sums[r]:.4g} in row {row0 + r} "
+                                "(pass --logits if these are logits)")
+
+
+def detect_source(block: np.ndarray) -> Source:
+    """Probabilities if every row is non-negative and sums to 1, else logits."""
+    if block.size and block.min() >= 0:
+        sums = block.sum(1, dtype=np.float64)
+        if np.all(np.abs(sums - 1) <= SUM_TOL.get(block.dtype, 1e-3) + 1e-6 * block.shape[1]):
+            return "probs"
+    return "logits"
+
+
+def to_logp(block: np.ndarray, source: Source, temperature: float) -> np.ndarray:
+    """Raw labels ``(n, C)`` -> float32 log-probabilities at ``temperature``."""
+    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    if source == "probs":
+        x = x.clamp_min(PROB_FLOOR).log()
+    return torch.log_softmax(x / temperature, dim=1).numpy()
+
+
+def retemper(labels: np.ndarray, kind: str, stored_t: float, out: Literal["probs", "logits"],
+             t: float | None = None) -> np.ndarray:
+    """Decoded labels at ``stored_t`` -> probabilities or logits at temperature ``t``.
+
+    Logits are returned at temperature 1 scale (``softmax(logits / t)`` is the label at ``t``),
+    so ``out="logits"`` gives ``stored_t * log y``, the teacher's logits up to a constant.
+    """
+    t = stored_t if t is None else t
+    x = torch.from_numpy(labels)
+    if kind == "probs":
+        if out == "probs" and t == stored_t:
+            return labels
+        x = x.clamp_min(PROB_FLOOR).log()
+    if out == "logits":
+        return (x * stored_t).numpy()
+    return torch.softmax(x * (stored_t / t), dim=1).numpy()

@@ -1,0 +1,164 @@
+"""Open a ``.slc`` file and decode labels by chunk, epoch or sample range.
+
+Everything is validated before anything large is allocated: the layout against the file
+size, the header against its schema, tensors against their declared shapes, the index
+against the label layout. Reading never unpickles or executes anything.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator, Literal
+
+import numpy as np
+
+from .codecs import Codec, codec_class
+from .container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
+                        read_header, read_layout, read_section)
+from .errors import SlcFormatError, expect
+from .header import Header
+from .labels import retemper
+
+Out = Literal["probs", "logits"]
+
+
+class SlcFile:
+    """A validated, open ``.slc`` file. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._f = open(self.path, "rb")
+        except OSError as e:
+            raise SlcFormatError(f"expected a readable .slc file, got {self.path} ({e.strerror})") from None
+        try:
+            self._load()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _load(self) -> None:
+        f = self._f
+        self.layout: Layout = read_layout(f)
+        self.header = Header.from_json(read_header(f, self.layout))
+        h = self.header
+        for name, s in self.layout.sections.items():
+            known = name in ("header", "index", "chunks") or name in h.tensors
+            expect(known or not s.required, f"only sections this reader understands to be required",
+                   f"required section {name!r} (written by a newer slc?)")
+        cls = codec_class(h.codec)
+        specs = cls.tensor_specs(h.codec_params, h.classes)
+        expect(set(h.tensors) == set(specs), f"tensors {sorted(specs)} for codec {h.codec!r}", sorted(h.tensors))
+        tensors = {}
+        for name, (dtype, shape) in specs.items():
+            decl = h.tensors[name]
+            expect(decl["dtype"] == dtype and tuple(decl["shape"]) == shape,
+                   f"tensor {name!r} as {dtype}{list(shape)}", f"{decl['dtype']}{decl['shape']}")
+            expect(name in self.layout.sections, f"a section for tensor {name!r}", "none")
+            s = self.layout.sections[name]
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            expect(s.length == nbytes, f"{nbytes} bytes for tensor {name!r}", s.length)
+            tensors[name] = np.frombuffer(read_section(f, s), dtype=dtype).reshape(shape)
+        self.codec: Codec = cls.from_file(h.codec_params, tensors, h.classes)
+        chunks = self.layout.sections["chunks"]
+        index_s = self.layout.sections["index"]
+        n_chunks = h.epochs * math.ceil(h.samples / h.chunk_size)
+        expect(index_s.length == n_chunks * 48, f"an index of {n_chunks} chunks for {h.epochs} x {h.samples} labels",
+               f"{index_s.length // 48} entries")
+        self.index: list[ChunkEntry] = parse_index(read_section(f, index_s), chunks)
+        i = 0
+        for e in range(h.epochs):  # chunks tile epochs x samples in order, chunk_size at a time
+            for start in range(0, h.samples, h.chunk_size):
+                c = self.index[i]
+                count = min(h.chunk_size, h.samples - start)
+                expect((c.epoch, c.start, c.count) == (e, start, count),
+                       f"chunk {i} to hold epoch {e} samples {start}..{start + count}",
+                       f"epoch {c.epoch} samples {c.start}..{c.start + c.count}")
+                raw = self.codec.payload_size(count)
+                expect(c.raw_length == raw, f"{raw} raw bytes in chunk {i}", c.raw_length)
+                expect(c.encoding != ENCODING_ZSTD or h.entropy == "zstd", f"no zstd chunks (header entropy "
+                       f"{h.entropy!r})", f"zstd chunk {i}")
+                i += 1
+        self._chunks_offset = chunks.offset
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(epochs, samples, classes)``."""
+        return self.header.epochs, self.header.samples, self.header.classes
+
+    @property
+    def temperature(self) -> float:
+        return self.header.temperature
+
+    def __len__(self) -> int:
+        return self.header.labels
+
+    # ---------------------------------------------------------------- decoding
+    def chunk_payload(self, c: ChunkEntry) -> bytes:
+        data = read_exact(self._f, self._chunks_offset + c.offset, c.stored_length, "chunk")
+        expect(crc32(data) == c.crc, f"CRC {c.crc:08x} for chunk at epoch {c.epoch} sample {c.start}",
+               f"{crc32(data):08x} (corrupted)")
+        if c.encoding == ENCODING_ZSTD:
+            import zstandard
+
+            try:
+                data = zstandard.ZstdDecompressor().decompress(data, max_output_size=c.raw_length)
+            except zstandard.ZstdError as e:
+                raise SlcFormatError(f"expected a zstd frame for chunk at epoch {c.epoch}, got {e}") from None
+            expect(len(data) == c.raw_length, f"{c.raw_length} bytes after zstd", len(data))
+        return data
+
+    def decode_chunk(self, c: ChunkEntry, out: Out = "probs", temperature: float | None = None) -> np.ndarray:
+        labels, kind = self.codec.decode(self.chunk_payload(c), c.count)
+        return retemper(labels, kind, self.header.temperature, out, temperature)
+
+    def iter_chunks(self, epochs: range | list[int] | None = None, start: int = 0, stop: int | None = None,
+                    out: Out = "probs", temperature: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(epoch, first_sample, labels)`` block by block, in file order: bounded memory."""
+        stop = self.header.samples if stop is None else stop
+        self._check_range(start, stop)
+        for e in self._epochs(epochs):
+            for c in iter_entries(self.index, e, start, stop):
+                a, b = max(start, c.start), min(stop, c.start + c.count)
+                yield e, a, self.decode_chunk(c, out, temperature)[a - c.start:b - c.start]
+
+    def decode(self, epoch: int = 0, start: int = 0, stop: int | None = None, out: Out = "probs",
+               temperature: float | None = None) -> np.ndarray:
+        """Labels ``(stop - start, C)`` of one epoch as float32 probabilities or logits."""
+        parts = [a for _, _, a in self.iter_chunks([epoch], start, stop, out, temperature)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.header.classes), np.float32)
+
+    def _epochs(self, epochs) -> list[int]:
+        all_e = range(self.header.epochs)
+        if epochs is None:
+            return list(all_e)
+        bad = [e for e in epochs if e not in all_e]
+        if bad:
+            raise IndexError(f"expected epochs in [0, {self.header.epochs}), got {bad[:5]}")
+        return list(epochs)
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.header.samples:
+            raise IndexError(f"expected 0 <= start <= stop <= {self.header.samples}, got {start}..{stop}")
+
+    # ---------------------------------------------------------------- checks
+    def verify(self) -> None:
+        """Check every section and chunk checksum and decode every chunk once."""
+        for s in self.layout.sections.values():
+            check_section_crc(self._f, s)
+        for c in self.index:
+            self.codec.decode(self.chunk_payload(c), c.count)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "SlcFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slc(path: str | os.PathLike) -> SlcFile:
+    return SlcFile(path)

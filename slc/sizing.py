@@ -1,0 +1,189 @@
+"""Storage arithmetic: the paper's formulas (eqs. S11-S17) and the planner behind ``--ratio``/``--budget``.
+
+The paper's formulas count payload bytes only; :func:`container_bytes` counts what the
+``.slc`` file really takes (preamble, header, index, alignment) so plans are honest.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .bitpack import packed_size
+from .container import ALIGN, CHUNK, ENTRY, PREAMBLE, align
+from .errors import SlcInputError
+
+MB = 1024**2
+GB = 1024**3
+HEADER_ALLOWANCE = 4096  # JSON header incl. fit provenance; measured headers are ~1-2 KB
+
+
+# ---------------------------------------------------------------- the paper's formulas (bytes)
+def dense_bytes(labels: int, classes: int, itemsize: int = 2) -> int:
+    """Eq. S11: every label dense, fp16 by default."""
+    return labels * classes * itemsize
+
+
+def paper_vq_bytes(labels: int, classes: int, k: int, dc: int, dh: int) -> float:
+    """Eq. S12: codes at log2(k) bits + fp32 decoder + fp32 codebook."""
+    return labels * (dh / dc) * math.log2(k) / 8 + classes * dh * 4 + k * dc * 4
+
+
+def paper_topk_bytes(labels: int, classes: int, k: int) -> float:
+    """Eq. S15: fp16 values + log2(C)-bit indices."""
+    return labels * (2 * k + math.log2(classes) / 8 * k)
+
+
+def paper_pca_bytes(labels: int, classes: int, k: int) -> float:
+    """Eq. S16: fp16 projections + fp16 components."""
+    return labels * 2 * k + k * classes * 2
+
+
+def paper_quant_bytes(labels: int, classes: int, levels: int) -> float:
+    """Eq. S17: log2(levels)-bit indices per class + fp16 levels."""
+    return labels * classes * math.log2(levels) / 8 + 2 * levels
+
+
+def parse_size(text: str) -> int:
+    """'120MB', '1.5GiB', '5e6' -> bytes. MB/GB are 10**6/10**9, MiB/GiB are powers of two."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\s*", text)
+    if not m:
+        raise SlcInputError(f"expected a size like 120MB or 1.5GiB, got {text!r}")
+    value, unit = float(m.group(1)), (m.group(2) or "b").lower().rstrip("b")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    return int(value * scale[unit])
+
+
+# ---------------------------------------------------------------- real container sizes
+def chunk_counts(epochs: int, samples: int, chunk_size: int) -> list[int]:
+    """Label counts of the chunks of one epoch (every epoch is chunked the same way)."""
+    full, rest = divmod(samples, chunk_size)
+    return [chunk_size] * full + ([rest] if rest else [])
+
+
+def container_bytes(epochs: int, samples: int, chunk_size: int, payload_of, tensor_bytes: list[int],
+                    header_bytes: int = HEADER_ALLOWANCE) -> int:
+    """Exact file size for raw chunks, given the header's size (upper bound by default)."""
+    counts = chunk_counts(epochs, samples, chunk_size)
+    chunks = epochs * sum(payload_of(c) for c in counts)
+    index = epochs * len(counts) * CHUNK.size
+    sections = [header_bytes, *tensor_bytes, chunks, index]
+    size = PREAMBLE.size
+    for s in sections:
+        size = align(size) + s
+    return align(size) + ENTRY.size * len(sections)
+
+
+# ---------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    codec: str
+    params: dict
+    bytes: int  # predicted file size (header allowance included)
+    dense_fp16: int
+    why: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_fp16 / self.bytes
+
+
+def target_bytes(dense_fp16: int, ratio: float | None, budget: int | None) -> int | None:
+    if ratio is not None and budget is not None:
+        raise SlcInputError("expected one of --ratio or --budget, got both")
+    if ratio is not None:
+        if not ratio >= 1:
+            raise SlcInputError(f"expected a ratio >= 1, got {ratio}")
+        return int(dense_fp16 / ratio)
+    return budget
+
+
+def vqae_bytes(classes, epochs, samples, chunk_size, k, dc, dh, itemsize=4, bias=True) -> int:
+    bits = max(1, math.ceil(math.log2(k)))
+    tensors = [k * dc * itemsize, dh * classes * itemsize] + ([classes * itemsize] if bias else [])
+    return container_bytes(epochs, samples, chunk_size, lambda n: packed_size(n * (dh // dc), bits), tensors)
+
+
+DH_CHOICES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: int | None, *,
+              k: int | None = None, dc: int | None = None, dh: int | None = None, itemsize: int = 4,
+              bias: bool = True, default_dh: int = 256, default_dc: int = 8, default_k: int = 256) -> Plan:
+    """Pick ``(k, d_c, d_h)`` so the file fits ``target`` bytes; explicit values are kept."""
+    dense = dense_bytes(epochs * samples, classes)
+    for name, v in (("k", k), ("dc", dc), ("dh", dh)):
+        if v is not None and v < (2 if name == "k" else 1):
+            raise SlcInputError(f"expected {name} >= {2 if name == 'k' else 1}, got {v}")
+    if dh is not None and dc is not None and dh % dc:
+        raise SlcInputError(f"expected d_c to divide d_h, got d_h={dh}, d_c={dc}")
+
+    def size(k_, dc_, dh_):
+        return vqae_bytes(classes, epochs, samples, chunk_size, k_, dc_, dh_, itemsize, bias)
+
+    if target is None:
+        k_, dc_, dh_ = k or default_k, dc or default_dc, dh or default_dh
+        if dh_ % dc_:
+            raise SlcInputError(f"expected d_c to divide d_h, got d_h={dh_}, d_c={dc_}")
+        return Plan("vqae", {"k": k_, "dc": dc_, "dh": dh_}, size(k_, dc_, dh_), dense,
+                    [f"no --ratio/--budget: k={k_}, d_c={dc_}, d_h={dh_}"])
+
+    best = None
+    dhs = [dh] if dh is not None else sorted({d for d in DH_CHOICES if d <= 2 * classes})
+    for dh_ in dhs:
+        dcs = [dc] if dc is not None else [d for d in range(1, dh_ + 1) if dh_ % d == 0]
+        for dc_ in dcs:
+            if dh_ % dc_:
+                continue
+            for b in ([max(1, math.ceil(math.log2(k)))] if k is not None else range(1, 17)):
+                k_ = k if k is not None else 1 << b
+                s = size(k_, dc_, dh_)
+                if s > target:
+                    continue
+                m = dh_ // dc_
+                overhead = s - epochs * samples * m * b / 8
+                # Favour latent bits per label; among equals, codes of 6-12 bits (k-means fits
+                # them well) and a smaller fixed overhead.
+                score = (m * b, -abs(min(max(b, 6), 12) - b), dh_ == default_dh, -overhead)
+                if best is None or score > best[0]:
+                    best = (score, k_, dc_, dh_, s)
+    if best is None:
+        smallest = size(k or 2, dc or (dh or DH_CHOICES[0]), dh or DH_CHOICES[0])
+        raise SlcInputError(f"expected a reachable target: {target:,} bytes is below the smallest VQAE file "
+                            f"for this data ({smallest:,} bytes, ratio {dense / smallest:.1f}x)")
+    _, k_, dc_, dh_, s = best
+    m, b = dh_ // dc_, max(1, math.ceil(math.log2(k_)))
+    why = [f"target {target:,} bytes = {dense / target:.1f}x of {dense:,} fp16 bytes",
+           f"k={k_} ({b}-bit codes), d_c={dc_}, d_h={dh_}: m={m} codes = {m * b} bits per label",
+           f"fixed cost {s - epochs * samples * m * b // 8:,} bytes (decoder, codebook, header, index)",
+           f"predicted {s:,} bytes = {dense / s:.1f}x"]
+    return Plan("vqae", {"k": k_, "dc": dc_, "dh": dh_}, s, dense, why)
+
+
+def topk_bytes(classes, epochs, samples, chunk_size, k) -> int:
+    bits = max(1, math.ceil(math.log2(classes)))
+    return container_bytes(epochs, samples, chunk_size, lambda n: n * k * 2 + packed_size(n * k, bits), [])
+
+
+def plan_topk(classes: int, epochs: int, samples: int, chunk_size: int, target: int | None,
+              k: int | None = None) -> Plan:
+    dense = dense_bytes(epochs * samples, classes)
+    if k is None:
+        if target is None:
+            k = 10
+        else:
+            fits = [k_ for k_ in range(1, classes) if topk_bytes(classes, epochs, samples, chunk_size, k_) <= target]
+            if not fits:
+                raise SlcInputError(f"expected a reachable target: {target:,} bytes is below top-1 "
+                                    f"({topk_bytes(classes, epochs, samples, chunk_size, 1):,} bytes)")
+            k = fits[-1]
+    if not 1 <= k < classes:
+        raise SlcInputError(f"expected 1 <= k < {classes} for top-k, got {k}")
+    s = topk_bytes(classes, epochs, samples, chunk_size, k)
+    return Plan("topk", {"k": k}, s, dense, [f"top-{k}: {dense / s:.1f}x"])
+
+
+def plan_dense(classes: int, epochs: int, samples: int, chunk_size: int, itemsize: int = 2) -> Plan:
+    dense = dense_bytes(epochs * samples, classes)
+    s = container_bytes(epochs, samples, chunk_size, lambda n: n * classes * itemsize, [])
+    return Plan("dense", {"dtype": "<f2" if itemsize == 2 else "<f4"}, s, dense, ["dense labels"])

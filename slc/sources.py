@@ -1,0 +1,133 @@
+"""Read labels from ``.npy`` (file or stdin stream), HDF5 (``file.h5:/dataset``) in row blocks.
+
+Every source looks like an ``(E, N, C)`` array read in order, one block of rows at a time,
+so a 2 GB file is never loaded whole. A 2-D ``(N, C)`` array is one epoch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import BinaryIO, Iterator
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from .errors import SlcInputError
+
+
+class LabelSource:
+    """``shape = (E, N, C)``; :meth:`blocks` yields ``(epoch, start, array)`` in order."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    seekable: bool = True
+    name: str = ""
+
+    def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        e_count, n, _ = self.shape
+        for e in range(e_count):
+            for s in range(0, n, rows):
+                yield e, s, self.read(e, s, min(n, s + rows))
+
+    def close(self) -> None:
+        pass
+
+
+def _shape3(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise SlcInputError(f"expected labels of shape (N, C) or (E, N, C), got shape {tuple(shape)} in {name}")
+    if shape[2] < 2:
+        raise SlcInputError(f"expected at least 2 classes, got shape {tuple(shape)} in {name}")
+    return shape  # type: ignore[return-value]
+
+
+class NpySource(LabelSource):
+    """An ``.npy`` file read with plain reads (not mmap, whose pages would count as resident)."""
+
+    def __init__(self, f: BinaryIO, name: str, seekable: bool = True):
+        self.f, self.name, self.seekable = f, name, seekable
+        try:
+            version = npformat.read_magic(f)
+            read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            shape, fortran, dtype = read_header(f, max_header_size=1 << 20)
+        except (ValueError, EOFError) as e:
+            raise SlcInputError(f"expected an .npy file, got unreadable data in {name} ({e})") from None
+        if fortran and len(shape) > 1:
+            raise SlcInputError(f"expected a C-order .npy, got Fortran order in {name}")
+        if dtype.kind != "f":
+            raise SlcInputError(f"expected floating-point labels, got dtype {dtype} in {name}")
+        self.dtype = dtype
+        self.shape = _shape3(shape, name)
+        self.offset = f.tell() if seekable else 0
+        self.row_bytes = self.shape[2] * dtype.itemsize
+        self._cursor = 0  # next row for sequential streams
+
+    def read(self, epoch, start, stop):
+        row = epoch * self.shape[1] + start
+        n = stop - start
+        if self.seekable:
+            self.f.seek(self.offset + row * self.row_bytes)
+        elif row != self._cursor:
+            raise SlcInputError(f"{self.name} is a stream and can only be read in order")
+        buf = bytearray(n * self.row_bytes)
+        got = self.f.readinto(buf) if hasattr(self.f, "readinto") else 0
+        while got < len(buf):  # pipes return short reads
+            more = self.f.readinto(memoryview(buf)[got:])
+            if not more:
+                raise SlcInputError(f"expected {len(buf)} bytes of labels in {self.name}, got {got} (truncated)")
+            got += more
+        self._cursor = row + n
+        return np.frombuffer(buf, dtype=self.dtype).reshape(n, self.shape[2])
+
+    def close(self):
+        if self.f is not sys.stdin.buffer:
+            self.f.close()
+
+
+class H5Source(LabelSource):
+    def __init__(self, path: str, dataset: str):
+        import h5py
+
+        self.name = f"{path}:{dataset}"
+        try:
+            self.h5 = h5py.File(path, "r")
+        except OSError as e:
+            raise SlcInputError(f"expected an HDF5 file, got an unreadable file {path} ({e})") from None
+        if dataset not in self.h5 or not isinstance(self.h5[dataset], h5py.Dataset):
+            names: list[str] = []
+            self.h5.visit(lambda k: names.append(k) if isinstance(self.h5[k], h5py.Dataset) else None)
+            self.h5.close()
+            raise SlcInputError(f"expected a dataset {dataset!r} in {path}, got datasets {names[:10]}")
+        self.ds = self.h5[dataset]
+        if self.ds.dtype.kind != "f":
+            raise SlcInputError(f"expected floating-point labels, got dtype {self.ds.dtype} in {self.name}")
+        self.dtype = self.ds.dtype
+        self.shape = _shape3(self.ds.shape, self.name)
+        self.flat = self.ds.ndim == 2
+
+    def read(self, epoch, start, stop):
+        return self.ds[start:stop] if self.flat else self.ds[epoch, start:stop]
+
+    def close(self):
+        self.h5.close()
+
+
+def open_labels(spec: str) -> LabelSource:
+    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), or ``-`` for an npy stream on stdin."""
+    if spec == "-":
+        return NpySource(sys.stdin.buffer, "<stdin>", seekable=False)
+    path, sep, dataset = spec.partition(":")
+    if sep and path.lower().endswith((".h5", ".hdf5")):
+        if not os.path.exists(path):
+            raise SlcInputError(f"expected an existing labels file, got {path!r} (no such file)")
+        return H5Source(path, dataset or "/")
+    if not os.path.exists(spec):
+        raise SlcInputError(f"expected an existing labels file, got {spec!r} (no such file)")
+    if spec.lower().endswith((".h5", ".hdf5")):
+        raise SlcInputError(f"expected FILE.h5:/DATASET for HDF5 input, got {spec!r}")
+    return NpySource(open(spec, "rb"), spec)
