@@ -53,7 +53,7 @@ def to_logp(block: np.ndarray, source: Source, temperature: float) -> np.ndarray
     x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
     if source == "probs":
         x = x.clamp_min(PROB_FLOOR).log()
-    return torch.log_softmax(x / temperature, dim=1).numpy()
+    return torch.log_softmax(x / temperature, dim=-1).numpy()
 
 
 def retemper(labels: np.ndarray, kind: str, stored_t: float, out: Literal["probs", "logits"],
@@ -71,4 +71,4 @@ def retemper(labels: np.ndarray, kind: str, stored_t: float, out: Literal["probs
         x = x.clamp_min(PROB_FLOOR).log()
     if out == "logits":
         return (x * stored_t).numpy()
-    return torch.softmax(x * (stored_t / t), dim=1).numpy()
+    return torch.softmax(x * (stored_t / t), dim=-1).numpy()

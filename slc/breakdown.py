@@ -1,0 +1,39 @@
+"""Where the bytes of a ``.slc`` go, and what the same bytes would buy with the paper's baselines."""
+from __future__ import annotations
+
+from .container import ENTRY, PREAMBLE
+from .reader import SlcFile
+from .sizing import dense_bytes, paper_pca_bytes, paper_topk_bytes
+
+
+def breakdown(f: SlcFile) -> dict:
+    """A JSON-ready summary: sizes by section, bits per label, ratios, baseline equivalents."""
+    h = f.header
+    size = f.layout.file_length
+    labels = h.labels
+    rows = []
+    accounted = 0
+    for s in sorted(f.layout.sections.values(), key=lambda s: s.offset):
+        rows.append({"section": s.name, "bytes": s.length, "share": s.length / size})
+        accounted += s.length
+    framing = size - accounted  # preamble, alignment padding, section table
+    rows.append({"section": "(preamble, table, padding)", "bytes": framing, "share": framing / size})
+    chunks = f.layout.sections["chunks"].length
+    raw = sum(c.raw_length for c in f.index)
+    fp16 = dense_bytes(labels, h.classes, 2)
+    topk_k = max((k for k in range(1, h.classes) if paper_topk_bytes(labels, h.classes, k) <= size), default=0)
+    pca_k = max((k for k in range(1, h.classes) if paper_pca_bytes(labels, h.classes, k) <= size), default=0)
+    return {
+        "path": f.path, "format_version": f"{f.layout.major}.{f.layout.minor}", "writer": h.writer,
+        "codec": h.codec, "codec_params": {k: v for k, v in h.codec_params.items() if k != "fit"},
+        "fit": h.codec_params.get("fit", {}),
+        "epochs": h.epochs, "samples": h.samples, "classes": h.classes, "labels": labels,
+        "temperature": h.temperature, "source": h.source, "chunk_size": h.chunk_size, "chunks": len(f.index),
+        "entropy": h.entropy, "bytes": size, "sections": rows,
+        "bits_per_label": 8 * size / labels, "payload_bits_per_label": 8 * chunks / labels,
+        "zstd_saving": 1 - chunks / raw if raw else 0.0,
+        "ratio_vs_fp16": fp16 / size, "ratio_vs_fp32": 2 * fp16 / size,
+        "dense_fp16_bytes": fp16, "dense_fp32_bytes": 2 * fp16,
+        "same_bytes_topk_k": topk_k, "same_bytes_pca_components": pca_k,
+        "overhead_bytes": PREAMBLE.size + ENTRY.size * len(f.layout.sections),
+    }

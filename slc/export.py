@@ -1,0 +1,72 @@
+"""Stream decoded labels out of a ``.slc`` file as ``.npy`` (file or stdout) or HDF5."""
+from __future__ import annotations
+
+import sys
+from typing import BinaryIO
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from .atomic import atomic_output, check_output
+from .errors import SlcInputError
+from .reader import SlcFile, open_slc
+
+
+def _npy_header(f: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    npformat.write_array_header_2_0(f, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False,
+                                        "shape": shape})
+
+
+def _blocks(f: SlcFile, epochs, start, stop, out, temperature, dtype):
+    for _, _, a in f.iter_chunks(epochs, start, stop, out, temperature):
+        yield np.ascontiguousarray(a, dtype=dtype)
+
+
+def export(path: str, output: str, epochs: list[int] | None = None, start: int = 0, stop: int | None = None,
+           out: str = "probs", temperature: float | None = None, dtype: str = "float32", force: bool = False) -> tuple:
+    """Decode ``path`` to ``output`` (``.npy``, ``.h5``/``.hdf5`` or ``-``); return the written shape."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    kind = "npy" if output == "-" or output.lower().endswith(".npy") else "h5" if output.lower().endswith(
+        (".h5", ".hdf5")) else None
+    if kind is None:
+        raise SlcInputError(f"expected an output ending in .npy, .h5 or .hdf5, or -, got {output!r}")
+    if output != "-":
+        check_output(output, force)
+    with open_slc(path) as f:
+        e_all, n_all, c = f.shape
+        stop_ = n_all if stop is None else stop
+        f._check_range(start, stop_)
+        sel = f._epochs(epochs)
+        n = stop_ - start
+        shape = (n, c) if len(sel) == 1 else (len(sel), n, c)
+        blocks = _blocks(f, sel, start, stop_, out, temperature, dt)
+        if output == "-":
+            stream = sys.stdout.buffer
+            _npy_header(stream, shape, dt)
+            for b in blocks:
+                stream.write(b.tobytes())
+            stream.flush()
+        elif kind == "npy":
+            with atomic_output(output, force) as o:
+                _npy_header(o, shape, dt)
+                for b in blocks:
+                    o.write(b.tobytes())
+        else:
+            import h5py
+
+            with atomic_output(output, force) as o:
+                with h5py.File(o, "w") as h5:
+                    ds = h5.create_dataset("labels", shape=shape, dtype=dt, chunks=(min(n, 1024), c) if len(
+                        sel) == 1 else (1, min(n, 1024), c))
+                    ds.attrs["kind"] = out
+                    ds.attrs["temperature"] = temperature if temperature is not None else f.temperature
+                    ds.attrs["source"] = path
+                    row = {e: 0 for e in sel}
+                    for (e, s, a) in f.iter_chunks(sel, start, stop_, out, temperature):
+                        lo = s - start
+                        if len(sel) == 1:
+                            ds[lo:lo + len(a)] = a.astype(dt)
+                        else:
+                            ds[sel.index(e), lo:lo + len(a)] = a.astype(dt)
+                        row[e] += len(a)
+    return shape

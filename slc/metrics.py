@@ -1,0 +1,30 @@
+"""Fidelity of decoded labels to the originals: KL at the stored temperature, top-1, top-5."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class Fidelity:
+    """Accumulates ``KL(y || y~)``, top-1 agreement and top-5 overlap over blocks of labels."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.kl = 0.0
+        self.top1 = 0.0
+        self.top5 = 0.0
+
+    def update(self, ref_logp: np.ndarray, decoded_probs: np.ndarray) -> None:
+        ref = torch.from_numpy(np.ascontiguousarray(ref_logp, dtype=np.float32))
+        dec = torch.from_numpy(np.ascontiguousarray(decoded_probs, dtype=np.float32))
+        p = ref.exp()
+        self.kl += float((p * (ref - dec.clamp_min(1e-30).log())).sum(1).clamp_min(0).sum())
+        self.top1 += float((ref.argmax(1) == dec.argmax(1)).sum())
+        k = min(5, ref.shape[1])
+        a, b = ref.topk(k, 1).indices, dec.topk(k, 1).indices
+        self.top5 += float((a[:, :, None] == b[:, None, :]).any(2).sum()) / k
+        self.n += ref.shape[0]
+
+    def result(self) -> dict:
+        n = max(self.n, 1)
+        return {"labels": self.n, "kl": self.kl / n, "top1_agreement": self.top1 / n, "top5_overlap": self.top5 / n}
