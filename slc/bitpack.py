@@ -30,6 +30,8 @@ def pack_bits(codes: np.ndarray, bits: int) -> bytes:
     flat = np.ascontiguousarray(codes, dtype=np.int64).reshape(-1)
     if flat.size and (flat.min() < 0 or flat.max() >= (1 << bits)):
         raise ValueError(f"expected codes in [0, {1 << bits}), got range [{flat.min()}, {flat.max()}]")
+    if flat.size == 0:
+        return b""
     lane = _lane(bits)
     # little-endian lanes, one bit per column, keep the low `bits` columns
     as_bytes = flat.astype(np.dtype(lane).newbyteorder("<")).view(np.uint8).reshape(flat.size, -1)
@@ -46,9 +48,18 @@ def unpack_bits(data: bytes | memoryview | np.ndarray, n: int, bits: int) -> np.
     if buf.size != need:
         raise SlcFormatError(f"expected {need} bytes of packed {bits}-bit codes, got {buf.size}")
     total = n * bits
-    stream = np.unpackbits(buf, bitorder="little")
-    if stream[total:].any():
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if total % 8 and buf[-1] >> (total % 8):
         raise SlcFormatError("expected zero padding bits after the last code, got non-zero bits")
+    if bits <= 25:  # every code lies within one 4-byte window starting at its first byte
+        padded = np.zeros(need + 4, dtype=np.uint32)
+        padded[:need] = buf
+        pos = np.arange(n, dtype=np.int64) * bits
+        first = pos >> 3
+        window = padded[first] | (padded[first + 1] << 8) | (padded[first + 2] << 16) | (padded[first + 3] << 24)
+        return ((window >> (pos & 7).astype(np.uint32)) & np.uint32((1 << bits) - 1)).astype(np.int64)
+    stream = np.unpackbits(buf, bitorder="little")
     lane = _lane(bits)
     width = np.dtype(lane).itemsize * 8
     columns = np.zeros((n, width), dtype=np.uint8)

@@ -16,7 +16,7 @@ from .errors import SlcInputError
 from .header import MAX_CHUNK_ELEMENTS, Header
 from .labels import Source, check_block, detect_source, to_logp
 from .sizing import Plan, dense_bytes, plan_dense, plan_topk, plan_vqae, target_bytes
-from .sources import LabelSource
+from .sources import LabelSource, open_labels
 from .vqae import FitConfig
 
 PRESETS = ("vqae", "vqae-paper", "topk", "fp16", "fp32")
@@ -91,13 +91,19 @@ def build_codec(plan: Plan, preset: str, logp: np.ndarray | None, classes: int, 
     return DenseCodec(classes, p["dtype"])
 
 
-def compress(src: LabelSource, out: str, *, codec: str = "vqae", source: str = "auto", temperature: float = 1.0,
+def compress(labels, out: str | os.PathLike, *, codec: str = "vqae", source: str = "auto", temperature: float = 1.0,
              ratio: float | None = None, budget: int | None = None, k: int | None = None, dc: int | None = None,
              dh: int | None = None, chunk_size: int = 4096, zstd: bool = False, tensor_dtype: str = "<f4",
              fit_labels: int = DEFAULT_FIT_LABELS, fit_config: FitConfig | None = None, seed: int = 0,
              force: bool = False, user: dict | None = None, on_plan: Callable | None = None,
              fit_progress: Callable | None = None, progress: Callable | None = None) -> CompressResult:
-    """Compress the labels of ``src`` into ``out``; see ``slc compress --help`` for the options."""
+    """Compress ``labels`` into ``out``; see ``slc compress --help`` for the options.
+
+    ``labels``: an array ``(N, C)`` / ``(E, N, C)``, a path (``.npy``, ``FILE.h5:/dataset``), or a
+    :class:`~slc.sources.LabelSource`.
+    """
+    src = open_labels(labels)
+    out = os.fspath(out)
     e_count, n, c = src.shape
     if not (math.isfinite(temperature) and temperature > 0):
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")

@@ -46,6 +46,20 @@ def _shape3(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+class ArraySource(LabelSource):
+    """An in-memory (or memory-mapped) array of shape (N, C) or (E, N, C)."""
+
+    def __init__(self, array: np.ndarray, name: str = "<array>"):
+        if array.dtype.kind != "f":
+            raise SlcInputError(f"expected floating-point labels, got dtype {array.dtype} in {name}")
+        self.name, self.dtype = name, array.dtype
+        self.shape = _shape3(array.shape, name)
+        self.array = array.reshape(self.shape)
+
+    def read(self, epoch, start, stop):
+        return self.array[epoch, start:stop]
+
+
 class NpySource(LabelSource):
     """An ``.npy`` file read with plain reads (not mmap, whose pages would count as resident)."""
 
@@ -117,8 +131,13 @@ class H5Source(LabelSource):
         self.h5.close()
 
 
-def open_labels(spec: str) -> LabelSource:
-    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), or ``-`` for an npy stream on stdin."""
+def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource") -> LabelSource:
+    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), ``-`` for an npy stream on stdin, or an array."""
+    if isinstance(spec, LabelSource):
+        return spec
+    if isinstance(spec, np.ndarray):
+        return ArraySource(spec)
+    spec = os.fspath(spec)
     if spec == "-":
         return NpySource(sys.stdin.buffer, "<stdin>", seekable=False)
     path, sep, dataset = spec.partition(":")
