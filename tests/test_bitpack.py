@@ -13,7 +13,7 @@ from slc.errors import SlcFormatError
     ([5], 3, "05"),
     ([0x1FF, 0], 9, "ff0100"),   # the 9th bit of code 0 is bit 0 of byte 1
     ([1, 0, 0, 0, 0, 0, 0, 0, 1], 1, "0101"),
-    ([0xABCDE], 20, "decd0a"),
+    ([0xABCDE], 20, "debc0a"),
 ])
 def test_golden_bit_order(codes, bits, golden):
     assert pack_bits(np.array(codes), bits).hex() == golden
