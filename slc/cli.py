@@ -61,21 +61,23 @@ def cli():
 @cli.command()
 @click.argument("labels")
 @click.option("-o", "--output", required=True, help="Output .slc path.")
-@click.option("--codec", default="vqae", show_default=True,
-              type=click.Choice(["vqae", "vqae-paper", "topk", "fp16", "fp32"]),
-              help="vqae: log-domain VQAE with KL fitting (default); vqae-paper: the paper's recipe exactly.")
+@click.option("--codec", default="auto", show_default=True,
+              type=click.Choice(["auto", "vqae", "vqae-paper", "topk", "fp16", "fp32"]),
+              help="auto: fit vqae and size top-k to the same bytes, keep the lower held-out KL. "
+                   "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly.")
 @click.option("--logits", "source", flag_value="logits", help="LABELS are logits.")
 @click.option("--probs", "source", flag_value="probs", help="LABELS are probabilities.")
 @click.option("-T", "--temperature", type=float, default=1.0, show_default=True,
               help="Temperature the student will train at; stored in the file, fidelity is measured at it.")
-@click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels, e.g. 40.")
+@click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40].")
 @click.option("--budget", help="Target file size, e.g. 120MB or 1.5GiB.")
 @click.option("--k", "k", type=int, help="Codebook size (VQAE) or kept classes (top-k).")
 @click.option("--dc", type=int, help="Code dimension d_c (VQAE).")
 @click.option("--dh", type=int, help="Latent dimension d_h (VQAE); d_c must divide it.")
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Labels per chunk.")
 @click.option("--zstd", is_flag=True, help="zstd-code each chunk (kept only where it saves bytes).")
-@click.option("--fp16-tensors", is_flag=True, help="Store codebook and decoder in fp16 instead of fp32.")
+@click.option("--tensor-dtype", type=click.Choice(["fp16", "fp32"]),
+              help="Codebook/decoder precision [default: fp16; fp32 for vqae-paper].")
 @click.option("--fit-labels", type=int, default=65536, show_default=True, help="Labels sampled to fit the codec.")
 @click.option("--fit-steps", type=int, help="Optimizer steps when fitting a VQAE.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -83,7 +85,7 @@ def cli():
 @click.option("-q", "--quiet", is_flag=True, help="No plan, no progress bars.")
 @handle_errors
 def compress(labels, output, codec, source, temperature, ratio, budget, k, dc, dh, chunk_size, zstd,
-             fp16_tensors, fit_labels, fit_steps, seed, force, quiet):
+             tensor_dtype, fit_labels, fit_steps, seed, force, quiet):
     """Compress soft labels into an .slc file.
 
     LABELS is an .npy of shape (N, C) or (E, N, C), an HDF5 dataset FILE.h5:/path,
@@ -100,17 +102,16 @@ def compress(labels, output, codec, source, temperature, ratio, budget, k, dc, d
 
     fit_config = None
     if fit_steps is not None:
-        base = FitConfig.paper() if codec == "vqae-paper" else FitConfig()
-        base.steps, fit_config = fit_steps, base
+        fit_config = FitConfig.paper(steps=fit_steps) if codec == "vqae-paper" else FitConfig(steps=fit_steps)
     src = open_labels(labels)
     e, n, c = src.shape
     bars = {}
 
-    def on_plan(plan):
+    def log(line):
         if not quiet:
-            click.echo(f"labels: {e} epochs x {n} samples x {c} classes from {src.name}", err=True)
-            for line in plan.why:
-                click.echo(f"plan: {line}", err=True)
+            click.echo(line, err=True)
+
+    log(f"labels: {e} epochs x {n} samples x {c} classes from {src.name}")
 
     def fit_progress(step, total, loss):
         if quiet:
@@ -137,8 +138,8 @@ def compress(labels, output, codec, source, temperature, ratio, budget, k, dc, d
     try:
         result = run(src, output, codec=codec, source=source or "auto", temperature=temperature, ratio=ratio,
                      budget=parse_size(budget) if budget else None, k=k, dc=dc, dh=dh, chunk_size=chunk_size,
-                     zstd=zstd, tensor_dtype="<f2" if fp16_tensors else "<f4", fit_labels=fit_labels,
-                     fit_config=fit_config, seed=seed, force=force, on_plan=on_plan, fit_progress=fit_progress,
+                     zstd=zstd, tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype],
+                     fit_labels=fit_labels, fit_config=fit_config, seed=seed, force=force, log=log, fit_progress=fit_progress,
                      progress=progress)
     finally:
         for b in bars.values():
@@ -146,7 +147,7 @@ def compress(labels, output, codec, source, temperature, ratio, budget, k, dc, d
                 b.close()
         src.close()
     click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 "
-               f"({result.source}, T={temperature:g}, codec {codec})", err=True)
+               f"({result.source}, T={temperature:g}, codec {result.codec})", err=True)
 
 
 # --------------------------------------------------------------------------- decode

@@ -14,12 +14,15 @@ from .codecs import Codec, DenseCodec, TopKCodec, VQAECodec
 from .container import ENCODING_RAW, ENCODING_ZSTD, ContainerWriter, header_bytes
 from .errors import SlcInputError
 from .header import MAX_CHUNK_ELEMENTS, Header
-from .labels import Source, check_block, detect_source, to_logp
+from .labels import Source, check_block, detect_source, retemper, to_logp
+from .metrics import Fidelity
 from .sizing import Plan, dense_bytes, plan_dense, plan_topk, plan_vqae, target_bytes
 from .sources import LabelSource, open_labels
 from .vqae import FitConfig
 
-PRESETS = ("vqae", "vqae-paper", "topk", "fp16", "fp32")
+PRESETS = ("auto", "vqae", "vqae-paper", "topk", "fp16", "fp32")
+DEFAULT_RATIO = 40.0
+AUTO_HOLDOUT = 4096  # labels of the fit sample kept out of fitting to choose between codecs
 DEFAULT_FIT_LABELS = 65536
 
 
@@ -31,6 +34,7 @@ class CompressResult:
     plan: Plan
     source: str
     fit: dict
+    codec: str = ""
 
     @property
     def ratio(self) -> float:
@@ -39,13 +43,22 @@ class CompressResult:
 
 def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: float | None = None,
              budget: int | None = None, k: int | None = None, dc: int | None = None, dh: int | None = None,
-             tensor_dtype: str = "<f4") -> Plan:
-    """Choose codec parameters for labels of ``shape = (E, N, C)``."""
+             tensor_dtype: str | None = None) -> Plan:
+    """Choose codec parameters for labels of ``shape = (E, N, C)``.
+
+    Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every VQAE size is given.
+    """
     e, n, c = shape
+    if ratio is None and budget is None and codec not in ("fp16", "fp32") and not (
+            codec == "topk" and k is not None) and None in (k, dc, dh):
+        ratio = DEFAULT_RATIO
     target = target_bytes(dense_bytes(e * n, c), ratio, budget)
+    tensor_dtype = tensor_dtype or default_tensor_dtype(codec)
     if codec in ("vqae", "vqae-paper"):
         return plan_vqae(c, e, n, chunk_size, target, k=k, dc=dc, dh=dh, itemsize=np.dtype(tensor_dtype).itemsize,
                          bias=codec == "vqae")
+    if codec == "auto":
+        return plan_for("vqae", shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype)
     if codec == "topk":
         return plan_topk(c, e, n, chunk_size, target, k)
     if codec in ("fp16", "fp32"):
@@ -55,17 +68,28 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
     raise SlcInputError(f"expected a codec in {list(PRESETS)}, got {codec!r}")
 
 
+def default_tensor_dtype(codec: str) -> str:
+    """fp16 codebook/decoder for our VQAE (no measurable KL cost, half the overhead); fp32 as published."""
+    return "<f4" if codec == "vqae-paper" else "<f2"
+
+
 def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int,
                first: list[tuple[int, int, np.ndarray]] | None = None) -> np.ndarray:
     """Log-probabilities of up to ``labels`` rows: spread over the file if it is seekable."""
     e_count, n, c = src.shape
     total = e_count * n
-    if labels >= total or not src.seekable:
+    if not src.seekable:
         rows, got = [], 0
         for _, _, block in first or []:
             rows.append(block[: labels - got])
             got += len(rows[-1])
         return to_logp(np.concatenate(rows), source, temperature)
+    if labels >= total:
+        out = []
+        for e, s, block in src.blocks(4096):
+            check_block(block, source, e * n + s)
+            out.append(to_logp(block, source, temperature))
+        return np.concatenate(out)
     rng = np.random.default_rng(seed)
     # whole runs of 256 rows at random places: few seeks, still a spread-out sample
     run = min(256, n)
@@ -91,11 +115,40 @@ def build_codec(plan: Plan, preset: str, logp: np.ndarray | None, classes: int, 
     return DenseCodec(classes, p["dtype"])
 
 
-def compress(labels, out: str | os.PathLike, *, codec: str = "vqae", source: str = "auto", temperature: float = 1.0,
+def sample_kl(codec: Codec, logp: np.ndarray) -> float:
+    """Mean KL(y || decoded) of ``codec`` on log-probabilities ``logp``."""
+    meter = Fidelity()
+    for s in range(0, len(logp), 4096):
+        block = logp[s:s + 4096]
+        labels, kind = codec.decode(codec.encode(block), len(block))
+        meter.update(block, retemper(labels, kind, 1.0, "probs"))
+    return meter.result()["kl"]
+
+
+def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_dtype: str | None,
+                fit_config: FitConfig | None, progress, log) -> tuple[Codec, Plan]:
+    """Fit the VQAE and size top-k to the same bytes; keep whichever has the lower held-out KL.
+
+    The temperature decides: peaked labels (T near 1) favour top-k, soft ones the VQAE.
+    """
+    vq_plan = plan_for("vqae", shape, chunk_size, ratio, budget, tensor_dtype=tensor_dtype)
+    tk_plan = plan_for("topk", shape, chunk_size, ratio, budget)
+    hold = min(AUTO_HOLDOUT, len(logp) // 5)
+    fit_part, held = (logp[:-hold], logp[-hold:]) if hold >= 64 else (logp, logp)
+    vq = build_codec(vq_plan, "vqae", fit_part, shape[2], tensor_dtype or "<f2", fit_config, progress)
+    tk = build_codec(tk_plan, "topk", None, shape[2], "<f2", None, None)
+    kl_vq, kl_tk = sample_kl(vq, held), sample_kl(tk, held)
+    pick = (vq, vq_plan) if kl_vq <= kl_tk else (tk, tk_plan)
+    log(f"auto: KL on {len(held):,} held-out labels: vqae {kl_vq:.4g} ({vq_plan.ratio:.1f}x), "
+        f"top-{tk.k} {kl_tk:.4g} ({tk_plan.ratio:.1f}x) -> {pick[0].name}")
+    return pick
+
+
+def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str = "auto", temperature: float = 1.0,
              ratio: float | None = None, budget: int | None = None, k: int | None = None, dc: int | None = None,
-             dh: int | None = None, chunk_size: int = 4096, zstd: bool = False, tensor_dtype: str = "<f4",
+             dh: int | None = None, chunk_size: int = 4096, zstd: bool = False, tensor_dtype: str | None = None,
              fit_labels: int = DEFAULT_FIT_LABELS, fit_config: FitConfig | None = None, seed: int = 0,
-             force: bool = False, user: dict | None = None, on_plan: Callable | None = None,
+             force: bool = False, user: dict | None = None, log: Callable[[str], None] | None = None,
              fit_progress: Callable | None = None, progress: Callable | None = None) -> CompressResult:
     """Compress ``labels`` into ``out``; see ``slc compress --help`` for the options.
 
@@ -110,14 +163,17 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "vqae", source: str
     if chunk_size < 1 or chunk_size * c > MAX_CHUNK_ELEMENTS:
         raise SlcInputError(f"expected 1 <= chunk size <= {MAX_CHUNK_ELEMENTS // c} for {c} classes, got {chunk_size}")
     check_output(out, force)
+    log = log or (lambda line: None)
+    if codec == "auto" and (k, dc, dh) != (None, None, None):
+        raise SlcInputError("expected --codec vqae or topk with --k/--dc/--dh, got --codec auto")
     plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype)
-    if on_plan:
-        on_plan(plan)
+    for line in plan.why:
+        log(f"plan: {line}")
 
     # the first blocks decide the source kind and feed stream-only sources' fit sample
     blocks = src.blocks(chunk_size)
     first: list[tuple[int, int, np.ndarray]] = []
-    needs_fit = codec in ("vqae", "vqae-paper")
+    needs_fit = codec in ("auto", "vqae", "vqae-paper")
     want = min(fit_labels, e_count * n) if needs_fit and not src.seekable else 1
     got = 0
     for item in blocks:
@@ -129,7 +185,12 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "vqae", source: str
     for e, s, block in first:
         check_block(block, kind, e * n + s)
     logp = fit_sample(src, kind, temperature, min(fit_labels, e_count * n), seed, first) if needs_fit else None
-    enc = build_codec(plan, codec, logp, c, tensor_dtype, fit_config, fit_progress)
+    if codec == "auto":
+        enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config, fit_progress,
+                                log)
+    else:
+        enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
+                          fit_progress)
     del logp
 
     tensors = enc.tensors()
@@ -167,5 +228,4 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "vqae", source: str
                 progress(len(block), f.tell())
         w.end_chunks()
         size = w.finish()
-    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind,
-                          getattr(enc, "fit_info", {}))
+    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind, getattr(enc, "fit_info", {}), enc.name)

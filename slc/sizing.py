@@ -98,18 +98,22 @@ def target_bytes(dense_fp16: int, ratio: float | None, budget: int | None) -> in
     return budget
 
 
-def vqae_bytes(classes, epochs, samples, chunk_size, k, dc, dh, itemsize=4, bias=True) -> int:
-    bits = max(1, math.ceil(math.log2(k)))
+def vqae_bytes(classes, epochs, samples, chunk_size, k, dc, dh, itemsize=2, bias=True) -> int:
+    bits = code_bits(k)
     tensors = [k * dc * itemsize, dh * classes * itemsize] + ([classes * itemsize] if bias else [])
     return container_bytes(epochs, samples, chunk_size, lambda n: packed_size(n * (dh // dc), bits), tensors)
 
 
-DH_CHOICES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# Measured on real 1000-class labels (benchmarks/fidelity.py, README): at equal bytes, about 4
+# bits per latent dimension (k=256 codes of d_c=2) beat both 8 bits/dim (d_c=1) and 2 bits/dim
+# (d_c=4), so the planner spends the budget on a wider latent at that rate.
+PREFERRED_BITS, PREFERRED_DC = 8, 2
+MAX_SEGMENTS = 4096
 
 
 def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: int | None, *,
-              k: int | None = None, dc: int | None = None, dh: int | None = None, itemsize: int = 4,
-              bias: bool = True, default_dh: int = 256, default_dc: int = 8, default_k: int = 256) -> Plan:
+              k: int | None = None, dc: int | None = None, dh: int | None = None, itemsize: int = 2,
+              bias: bool = True) -> Plan:
     """Pick ``(k, d_c, d_h)`` so the file fits ``target`` bytes; explicit values are kept."""
     dense = dense_bytes(epochs * samples, classes)
     for name, v in (("k", k), ("dc", dc), ("dh", dh)):
@@ -122,42 +126,50 @@ def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: 
         return vqae_bytes(classes, epochs, samples, chunk_size, k_, dc_, dh_, itemsize, bias)
 
     if target is None:
-        k_, dc_, dh_ = k or default_k, dc or default_dc, dh or default_dh
-        if dh_ % dc_:
-            raise SlcInputError(f"expected d_c to divide d_h, got d_h={dh_}, d_c={dc_}")
-        return Plan("vqae", {"k": k_, "dc": dc_, "dh": dh_}, size(k_, dc_, dh_), dense,
-                    [f"no --ratio/--budget: k={k_}, d_c={dc_}, d_h={dh_}"])
+        if k is None or dc is None or dh is None:
+            raise SlcInputError("expected --ratio, --budget, or all of --k, --dc and --dh")
+        return Plan("vqae", {"k": k, "dc": dc, "dh": dh}, size(k, dc, dh), dense,
+                    [f"k={k}, d_c={dc}, d_h={dh} as given: {dense / size(k, dc, dh):.1f}x"])
 
     best = None
-    dhs = [dh] if dh is not None else sorted({d for d in DH_CHOICES if d <= 2 * classes})
-    for dh_ in dhs:
-        dcs = [dc] if dc is not None else [d for d in range(1, dh_ + 1) if dh_ % d == 0]
-        for dc_ in dcs:
-            if dh_ % dc_:
-                continue
-            for b in ([max(1, math.ceil(math.log2(k)))] if k is not None else range(1, 17)):
-                k_ = k if k is not None else 1 << b
-                s = size(k_, dc_, dh_)
-                if s > target:
+    for b in ([code_bits(k)] if k is not None else range(1, 17)):
+        k_ = k if k is not None else 1 << b
+        for dc_ in ([dc] if dc is not None else range(1, 65)):
+            if dh is not None:
+                if dh % dc_:
                     continue
-                m = dh_ // dc_
-                overhead = s - epochs * samples * m * b / 8
-                # Favour latent bits per label; among equals, codes of 6-12 bits (k-means fits
-                # them well) and a smaller fixed overhead.
-                score = (m * b, -abs(min(max(b, 6), 12) - b), dh_ == default_dh, -overhead)
-                if best is None or score > best[0]:
-                    best = (score, k_, dc_, dh_, s)
+                m = dh // dc_ if size(k_, dc_, dh) <= target else 0
+            else:  # the largest m that fits: size grows with m
+                lo, hi = 0, MAX_SEGMENTS
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if size(k_, dc_, mid * dc_) <= target else (lo, mid - 1)
+                m = lo
+            if m == 0:
+                continue
+            score = (m * b if dh is not None else 0, -abs(b - PREFERRED_BITS) if k is None else 0,
+                     -abs(dc_ - PREFERRED_DC) if dc is None else 0, m * b)
+            if best is None or score > best[0]:
+                best = (score, k_, dc_, m * dc_)
     if best is None:
-        smallest = size(k or 2, dc or (dh or DH_CHOICES[0]), dh or DH_CHOICES[0])
+        k_, dc_, dh_ = k or 2, dc or 1, dh or (dc or 1)
+        smallest = size(k_, dc_, dh_)
         raise SlcInputError(f"expected a reachable target: {target:,} bytes is below the smallest VQAE file "
-                            f"for this data ({smallest:,} bytes, ratio {dense / smallest:.1f}x)")
-    _, k_, dc_, dh_, s = best
-    m, b = dh_ // dc_, max(1, math.ceil(math.log2(k_)))
+                            f"for these labels ({smallest:,} bytes, {dense / smallest:.1f}x); the nearest "
+                            f"reachable ratio is {dense / smallest:.1f}x")
+    _, k_, dc_, dh_ = best
+    s = size(k_, dc_, dh_)
+    m, b = dh_ // dc_, code_bits(k_)
+    codes = packed_size(m * epochs * samples, b)
     why = [f"target {target:,} bytes = {dense / target:.1f}x of {dense:,} fp16 bytes",
            f"k={k_} ({b}-bit codes), d_c={dc_}, d_h={dh_}: m={m} codes = {m * b} bits per label",
-           f"fixed cost {s - epochs * samples * m * b // 8:,} bytes (decoder, codebook, header, index)",
+           f"codes {codes:,} bytes; decoder, codebook, header and index {s - codes:,} bytes",
            f"predicted {s:,} bytes = {dense / s:.1f}x"]
     return Plan("vqae", {"k": k_, "dc": dc_, "dh": dh_}, s, dense, why)
+
+
+def code_bits(k: int) -> int:
+    return max(1, math.ceil(math.log2(k)))
 
 
 def topk_bytes(classes, epochs, samples, chunk_size, k) -> int:

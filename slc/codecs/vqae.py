@@ -8,7 +8,7 @@ import torch
 
 from ..bitpack import pack_bits, packed_size, unpack_bits
 from ..errors import SlcFormatError
-from ..vqae import VQAE, FitConfig, encoder_input, fit_vqae, renormalise
+from ..vqae import FitConfig, encoder_input, fit_vqae, nearest, renormalise
 from .base import Codec, param
 
 MAX_K = 1 << 16
@@ -101,9 +101,7 @@ class VQAECodec(Codec):
         w, b = self.encoder
         x = encoder_input(torch.from_numpy(np.ascontiguousarray(logp, np.float32)), self.domain)
         h = torch.addmm(b, x, w.t()).view(-1, self.dc)
-        cb = self.codebook
-        d = torch.addmm(cb.pow(2).sum(1), h, cb.t(), alpha=-2)  # ||h||^2 is constant per row
-        return d.argmin(1).view(-1, self.m)
+        return nearest(h, self.codebook).view(-1, self.m)
 
     def encode(self, logp: np.ndarray) -> bytes:
         return pack_bits(self.codes(logp).numpy(), self.bits)
