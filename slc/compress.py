@@ -228,4 +228,4 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 progress(len(block), f.tell())
         w.end_chunks()
         size = w.finish()
-    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind, getattr(enc, "fit_info", {}), enc.name)
+    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind, {**getattr(enc, "fit_info", {}), "seconds": getattr(enc, "fit_seconds", 0.0)}, enc.name)

@@ -19,6 +19,7 @@ import json
 import os
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
@@ -134,14 +135,21 @@ def read_layout(f: BinaryIO) -> Layout:
         expect(flags & ~FLAG_REQUIRED == 0, f"known flags in section {name!r}", f"{flags:#x}")
         # sections are contiguous up to alignment: no holes, no overlaps, nothing hidden
         expect(off == align(cursor), f"section {name!r} at offset {align(cursor)}", off)
+        _check_padding(f, cursor, off)
         expect(off + n <= table_off, f"section {name!r} to end before the table at {table_off}", off + n)
         sections[name] = Section(name, off, n, crc, flags)
         cursor = off + n
     expect(align(cursor) == table_off, f"the section table right after the last section at {align(cursor)}",
            table_off)
+    _check_padding(f, cursor, table_off)
     for name in REQUIRED_SECTIONS:
         expect(name in sections, f"a {name!r} section", f"sections {sorted(sections)}")
     return Layout(major, minor, size, sections)
+
+
+def _check_padding(f: BinaryIO, start: int, end: int) -> None:
+    pad = read_exact(f, start, end - start, "padding")  # < 64 bytes: end is align(start)
+    expect(pad == bytes(len(pad)), f"zero padding bytes at {start}..{end}", pad.hex())
 
 
 def _decode_name(raw: bytes) -> str:
@@ -173,11 +181,25 @@ def read_header(f: BinaryIO, layout: Layout) -> dict:
     expect(s.length <= MAX_HEADER_BYTES, f"a header of at most {MAX_HEADER_BYTES} bytes", s.length)
     data = read_section(f, s)
     try:
-        header = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SlcFormatError(f"expected a UTF-8 JSON header, got undecodable bytes ({e})") from None
+        header = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except SlcFormatError:
+        raise
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit integer, deep nesting
+        raise SlcFormatError(f"expected a UTF-8 JSON header, got unparseable bytes ({e})") from None
     expect(isinstance(header, dict), "a JSON object as header", type(header).__name__)
     return header
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    d = dict(pairs)
+    if len(d) < len(pairs):
+        dup = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise SlcFormatError(f"expected unique keys in the JSON header, got {dup!r} twice")
+    return d
+
+
+def _no_constant(name: str):
+    raise SlcFormatError(f"expected only finite numbers in the JSON header, got {name}")
 
 
 def parse_index(data: bytes, chunks: Section) -> list[ChunkEntry]:

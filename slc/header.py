@@ -1,7 +1,6 @@
 """The JSON header of a ``.slc`` file: label layout, temperature, codec and its tensors."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from .errors import expect
@@ -38,7 +37,9 @@ class Header:
 
     @classmethod
     def from_json(cls, d: dict) -> "Header":
-        def get(key, typ, what):
+        def get(key, typ, what, optional=False):
+            if optional and key not in d:
+                return typ()
             expect(key in d, f"header field {key!r}", f"fields {sorted(d)}")
             v = d[key]
             expect(isinstance(v, typ) and not isinstance(v, bool), f"header field {key!r} to be {what}", repr(v)[:80])
@@ -48,10 +49,11 @@ class Header:
         epochs = get("epochs", int, "an integer")
         samples = get("samples", int, "an integer")
         expect(2 <= classes <= MAX_CLASSES, f"2 <= classes <= {MAX_CLASSES}", classes)
-        expect(epochs >= 1 and samples >= 1, "epochs >= 1 and samples >= 1", f"{epochs} x {samples}")
+        expect(1 <= epochs < 1 << 32 and samples >= 1, "1 <= epochs < 2**32 and samples >= 1",
+               f"{epochs} x {samples}")
         expect(epochs * samples <= MAX_LABELS, f"at most {MAX_LABELS} labels", epochs * samples)
         t = get("temperature", (int, float), "a number")
-        expect(math.isfinite(t) and 0 < t <= 1e4, "a temperature in (0, 1e4]", t)
+        expect(0 < t <= 1e4, "a temperature in (0, 1e4]", repr(t)[:80])  # also false for NaN, no float(10**400)
         source = get("source", str, "a string")
         expect(source in ("logits", "probs"), "source 'logits' or 'probs'", repr(source))
         chunk = get("chunk_size", int, "an integer")
@@ -66,4 +68,4 @@ class Header:
             expect(ok, f"tensor {name!r} described as {{dtype, shape}}", repr(spec)[:80])
         return cls(classes, epochs, samples, float(t), source, get("codec", str, "a string"),
                    get("codec_params", dict, "an object"), tensors, chunk, entropy,
-                   str(d.get("writer", "")), d.get("user", {}) if isinstance(d.get("user", {}), dict) else {})
+                   get("writer", str, "a string", True), get("user", dict, "an object", True))

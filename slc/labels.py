@@ -48,9 +48,15 @@ def detect_source(block: np.ndarray) -> Source:
     return "logits"
 
 
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """float32 tensor view of ``a`` (a copy when ``a`` is read-only, e.g. memory-mapped)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def to_logp(block: np.ndarray, source: Source, temperature: float) -> np.ndarray:
     """Raw labels ``(n, C)`` -> float32 log-probabilities at ``temperature``."""
-    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    x = as_tensor(block)
     if source == "probs":
         x = x.clamp_min(PROB_FLOOR).log()
     return torch.log_softmax(x / temperature, dim=-1).numpy()
@@ -64,7 +70,7 @@ def retemper(labels: np.ndarray, kind: str, stored_t: float, out: Literal["probs
     so ``out="logits"`` gives ``stored_t * log y``, the teacher's logits up to a constant.
     """
     t = stored_t if t is None else t
-    x = torch.from_numpy(labels)
+    x = as_tensor(labels)
     if kind == "probs":
         if out == "probs" and t == stored_t:
             return labels

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .labels import as_tensor
+
 
 class Fidelity:
     """Accumulates ``KL(y || y~)``, top-1 agreement and top-5 overlap over blocks of labels."""
@@ -15,8 +17,7 @@ class Fidelity:
         self.top5 = 0.0
 
     def update(self, ref_logp: np.ndarray, decoded_probs: np.ndarray) -> None:
-        ref = torch.from_numpy(np.ascontiguousarray(ref_logp, dtype=np.float32))
-        dec = torch.from_numpy(np.ascontiguousarray(decoded_probs, dtype=np.float32))
+        ref, dec = as_tensor(ref_logp), as_tensor(decoded_probs)
         p = ref.exp()
         self.kl += float((p * (ref - dec.clamp_min(1e-30).log())).sum(1).clamp_min(0).sum())
         self.top1 += float((ref.argmax(1) == dec.argmax(1)).sum())

@@ -102,10 +102,18 @@ class SlcFile:
         if c.encoding == ENCODING_ZSTD:
             import zstandard
 
+            where = f"chunk at epoch {c.epoch} sample {c.start}"
             try:
-                data = zstandard.ZstdDecompressor().decompress(data, max_output_size=c.raw_length)
+                # the decompressor allocates what the frame header declares: check it before decoding
+                size = zstandard.frame_content_size(data)
+                expect(size == c.raw_length, f"a zstd frame declaring {c.raw_length} bytes for {where}",
+                       size if size >= 0 else "no content size")
+                z = zstandard.ZstdDecompressor().decompressobj()
+                data = z.decompress(data)
             except zstandard.ZstdError as e:
-                raise SlcFormatError(f"expected a zstd frame for chunk at epoch {c.epoch}, got {e}") from None
+                raise SlcFormatError(f"expected a zstd frame for {where}, got {e}") from None
+            expect(z.eof and not z.unused_data, f"exactly one zstd frame for {where}",
+                   f"{len(z.unused_data)} trailing bytes" if z.eof else "a truncated frame")
             expect(len(data) == c.raw_length, f"{c.raw_length} bytes after zstd", len(data))
         return data
 

@@ -167,7 +167,9 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
             seg = model.segments(x_all[torch.randperm(n, generator=gen)[: max(1, points // model.m)]])
             model.codebook.copy_(kmeans(seg.reshape(-1, dc), k, gen=gen))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.05)
+    warm = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # short warm-up, then cosine decay
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / max(cfg.steps, 1))))
     usage = torch.zeros(k)
     perm = torch.randperm(n, generator=gen)
     pos, loss_v = 0, float("nan")

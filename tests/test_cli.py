@@ -9,7 +9,7 @@ import pytest
 from slc.labels import to_logp
 from tests.conftest import run_slc, synthetic_logits
 
-FAST = ["--fit-steps", "60", "-q"]
+FAST = ["--codec", "vqae", "--fit-steps", "60", "-q"]
 
 
 def one_line_error(p, needle):
@@ -110,9 +110,11 @@ def test_bad_probabilities(tmp_path, arr, needle):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--k", "1"], "k >= 2"),
-    (["--dc", "7", "--dh", "64"], "divide"),
-    (["--ratio", "100000"], "reachable"),
+    (["--codec", "vqae", "--k", "1"], "k >= 2"),
+    (["--codec", "vqae", "--dc", "7", "--dh", "64"], "divide"),
+    (["--codec", "vqae", "--ratio", "100000"], "reachable"),
+    (["--codec", "topk", "--ratio", "100000"], "reachable"),
+    (["--k", "4"], "--codec auto"),
     (["--ratio", "0.5"], "ratio >= 1"),
     (["--budget", "lots"], "size like"),
     (["--codec", "fp16", "--ratio", "10"], "fixed"),

@@ -36,6 +36,10 @@ class Codec(ABC):
     def payload_size(self, n: int) -> int:
         """Exact raw payload bytes for ``n`` labels (lets readers bound allocations)."""
 
+    def work_per_label(self) -> int:
+        """Floats a decode allocates per label; readers bound ``chunk_size`` times this."""
+        return self.classes
+
     @abstractmethod
     def encode(self, logp: np.ndarray) -> bytes: ...
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import expect
 from .base import Codec, param
 
 
@@ -23,8 +24,10 @@ class DenseCodec(Codec):
         return np.exp(logp).astype(self.dtype).tobytes()
 
     def decode(self, payload, n):
-        a = np.frombuffer(payload, dtype=self.dtype).reshape(n, self.classes)
-        return a.astype(np.float32), "probs"
+        a = np.frombuffer(payload, dtype=self.dtype).reshape(n, self.classes).astype(np.float32)
+        lo, hi = a.min(), a.max()  # NaN propagates and fails both comparisons
+        expect(lo >= 0 and hi < np.inf, "finite, non-negative dense values", f"values in [{lo}, {hi}]")
+        return a, "probs"
 
     @classmethod
     def from_file(cls, params, tensors, classes):

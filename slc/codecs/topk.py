@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..bitpack import pack_bits, packed_size, unpack_bits
-from ..errors import SlcFormatError
+from ..errors import expect
 from .base import Codec, param, split_payload
 
 
@@ -41,8 +41,11 @@ class TopKCodec(Codec):
         raw_vals, raw_idx = split_payload(payload, n * self.k * 2, packed_size(n * self.k, self.bits))
         vals = np.frombuffer(raw_vals, dtype="<f2").reshape(n, self.k).astype(np.float32)
         idx = unpack_bits(raw_idx, n * self.k, self.bits).reshape(n, self.k)
-        if idx.size and idx.max() >= self.classes:
-            raise SlcFormatError(f"expected top-k indices < {self.classes}, got {idx.max()}")
+        lo, hi = vals.min(), vals.max()  # NaN propagates and fails both comparisons
+        expect(lo >= 0 and hi <= 1, "top-k values in [0, 1]", f"values in [{lo}, {hi}]")
+        expect(idx.max() < self.classes, f"top-k indices < {self.classes}", idx.max())
+        s = np.sort(idx, axis=1)
+        expect(not (s[:, 1:] == s[:, :-1]).any(), "distinct top-k indices in each label", "a repeated index")
         rest = np.clip(1.0 - vals.sum(1, keepdims=True), 0.0, None) / (self.classes - self.k)
         out = np.repeat(rest, self.classes, axis=1)
         np.put_along_axis(out, idx, vals, axis=1)

@@ -36,17 +36,21 @@ class VQAECodec(Codec):
         self.bias = None if bias is None else torch.from_numpy(bias.astype(self.dtype).astype(np.float32))
         self.encoder = None if encoder is None else tuple(torch.from_numpy(np.asarray(a, np.float32)) for a in encoder)
         self.fit_info = fit or {}
+        self.fit_seconds = 0.0
 
     # ---------------------------------------------------------------- fitting
     @classmethod
     def fit(cls, logp: np.ndarray, k: int, dc: int, dh: int, cfg: FitConfig, dtype: str = "<f4",
             progress=None) -> "VQAECodec":
         model, stats = fit_vqae(logp, dh, dc, k, cfg, progress)
+        seconds = stats.pop("seconds")  # kept out of the header: same input, same bytes
         bias = None if model.decoder.bias is None else model.decoder.bias.detach().numpy()
-        return cls(logp.shape[1], k, dc, dh, cfg.domain, cfg.eps,
+        codec = cls(logp.shape[1], k, dc, dh, cfg.domain, cfg.eps,
                    model.codebook.detach().numpy(), model.decoder.weight.detach().t().contiguous().numpy(),
                    bias, dtype, (model.encoder.weight.detach().numpy(), model.encoder.bias.detach().numpy()),
                    {"config": cfg.to_json(), **stats})
+        codec.fit_seconds = seconds
+        return codec
 
     # ---------------------------------------------------------------- storage
     def params(self) -> dict:
@@ -93,6 +97,9 @@ class VQAECodec(Codec):
     # ---------------------------------------------------------------- coding
     def payload_size(self, n: int) -> int:
         return packed_size(n * self.m, self.bits)
+
+    def work_per_label(self) -> int:
+        return self.classes + self.dh + self.m
 
     @torch.no_grad()
     def codes(self, logp: np.ndarray) -> torch.Tensor:
