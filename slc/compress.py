@@ -166,9 +166,6 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     log = log or (lambda line: None)
     if codec == "auto" and (k, dc, dh) != (None, None, None):
         raise SlcInputError("expected --codec vqae or topk with --k/--dc/--dh, got --codec auto")
-    plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype)
-    for line in plan.why:
-        log(f"plan: {line}")
 
     # the first blocks decide the source kind and feed stream-only sources' fit sample
     blocks = src.blocks(chunk_size)
@@ -184,6 +181,9 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     kind: Source = detect_source(first[0][2]) if source == "auto" else source  # type: ignore[assignment]
     for e, s, block in first:
         check_block(block, kind, e * n + s)
+    plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype)
+    for line in plan.why:
+        log(f"plan: {line}")
     logp = fit_sample(src, kind, temperature, min(fit_labels, e_count * n), seed, first) if needs_fit else None
     if codec == "auto":
         enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config, fit_progress,
@@ -192,6 +192,9 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
         enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
                           fit_progress)
     del logp
+    if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
+        raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this codec, "
+                            f"got {chunk_size}")
 
     tensors = enc.tensors()
     header = Header(c, e_count, n, float(temperature), kind, enc.name, enc.params(),

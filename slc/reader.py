@@ -16,7 +16,7 @@ from .codecs import Codec, codec_class
 from .container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
                         read_header, read_layout, read_section)
 from .errors import SlcFormatError, expect
-from .header import Header
+from .header import MAX_CHUNK_ELEMENTS, Header
 from .labels import retemper
 
 Out = Literal["probs", "logits"]
@@ -60,6 +60,9 @@ class SlcFile:
             expect(s.length == nbytes, f"{nbytes} bytes for tensor {name!r}", s.length)
             tensors[name] = np.frombuffer(read_section(f, s), dtype=dtype).reshape(shape)
         self.codec: Codec = cls.from_file(h.codec_params, tensors, h.classes)
+        work = h.chunk_size * self.codec.work_per_label()
+        expect(work <= MAX_CHUNK_ELEMENTS, f"chunk_size x decode work per label <= {MAX_CHUNK_ELEMENTS}",
+               f"{h.chunk_size} x {self.codec.work_per_label()}")
         chunks = self.layout.sections["chunks"]
         index_s = self.layout.sections["index"]
         n_chunks = h.epochs * math.ceil(h.samples / h.chunk_size)
