@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("-T", "--temperature", type=float, default=4.0)
     args = ap.parse_args()
-    from real_labels import cache_dir, load_real_labels
+    from real_labels import _cache_root, load_real_labels
 
     logits = load_real_labels("fmnist-effnet-l0")["logits"]
     c = logits.shape[-1]
@@ -97,7 +97,7 @@ def main() -> None:
              ("fit on 100k labels", f"{fit_s:.1f} s", "", "<= 120 s")]
 
     if not args.skip_rss:
-        big = os.path.join(cache_dir(), "bench-1M-fp16.npy")
+        big = os.path.join(_cache_root(None), "bench-1M-fp16.npy")
         if not os.path.exists(big):
             console.print("writing a 1M x 1000 fp16 .npy (2 GB) for the RSS check ...")
             arr = np.lib.format.open_memmap(big + ".tmp", mode="w+", dtype=np.float16, shape=(1_000_000, c))
