@@ -43,7 +43,7 @@ def measure(logits: np.ndarray, codec: str, ratio: float, t: float, workdir: str
     dec_s = time.perf_counter() - t0
     res = meter.result()
     os.unlink(path)
-    return {"codec": codec, "T": t, "target": ratio, "bytes": r.bytes, "ratio": r.ratio, "params": r.plan.params,
+    return {"codec": codec, "picked": r.codec, "T": t, "target": ratio, "bytes": r.bytes, "ratio": r.ratio, "params": r.plan.params,
             **res, "compress_s": fit_s, "decode_s": dec_s, "fit": r.fit}
 
 

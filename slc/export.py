@@ -35,8 +35,8 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
     with open_slc(path) as f:
         e_all, n_all, c = f.shape
         stop_ = n_all if stop is None else stop
-        f._check_range(start, stop_)
-        sel = f._epochs(epochs)
+        f.check_range(start, stop_)
+        sel = f.select_epochs(epochs)
         n = stop_ - start
         shape = (n, c) if len(sel) == 1 else (len(sel), n, c)
         blocks = _blocks(f, sel, start, stop_, out, temperature, dt)
@@ -61,12 +61,7 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
                     ds.attrs["kind"] = out
                     ds.attrs["temperature"] = temperature if temperature is not None else f.temperature
                     ds.attrs["source"] = path
-                    row = {e: 0 for e in sel}
-                    for (e, s, a) in f.iter_chunks(sel, start, stop_, out, temperature):
-                        lo = s - start
-                        if len(sel) == 1:
-                            ds[lo:lo + len(a)] = a.astype(dt)
-                        else:
-                            ds[sel.index(e), lo:lo + len(a)] = a.astype(dt)
-                        row[e] += len(a)
+                    for e, s, a in f.iter_chunks(sel, start, stop_, out, temperature):
+                        rows = slice(s - start, s - start + len(a))
+                        ds[(rows,) if len(sel) == 1 else (sel.index(e), rows)] = a.astype(dt)
     return shape

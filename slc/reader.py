@@ -128,8 +128,8 @@ class SlcFile:
                     out: Out = "probs", temperature: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(epoch, first_sample, labels)`` block by block, in file order: bounded memory."""
         stop = self.header.samples if stop is None else stop
-        self._check_range(start, stop)
-        for e in self._epochs(epochs):
+        self.check_range(start, stop)
+        for e in self.select_epochs(epochs):
             for c in iter_entries(self.index, e, start, stop):
                 a, b = max(start, c.start), min(stop, c.start + c.count)
                 yield e, a, self.decode_chunk(c, out, temperature)[a - c.start:b - c.start]
@@ -140,7 +140,7 @@ class SlcFile:
         parts = [a for _, _, a in self.iter_chunks([epoch], start, stop, out, temperature)]
         return np.concatenate(parts) if parts else np.zeros((0, self.header.classes), np.float32)
 
-    def _epochs(self, epochs) -> list[int]:
+    def select_epochs(self, epochs) -> list[int]:
         all_e = range(self.header.epochs)
         if epochs is None:
             return list(all_e)
@@ -149,7 +149,7 @@ class SlcFile:
             raise IndexError(f"expected epochs in [0, {self.header.epochs}), got {bad[:5]}")
         return list(epochs)
 
-    def _check_range(self, start: int, stop: int) -> None:
+    def check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.header.samples:
             raise IndexError(f"expected 0 <= start <= stop <= {self.header.samples}, got {start}..{stop}")
 
