@@ -260,7 +260,23 @@ def verify(file):
     click.echo(f"OK {file}: {n:,} labels, all checksums match")
 
 
+def _return_big_buffers_to_the_os() -> None:
+    """Serve allocations over 4 MB with mmap (glibc), so freed label blocks leave RSS.
+
+    Without this glibc's adaptive threshold moves multi-MB blocks onto the heap, where
+    fragmentation doubled peak RSS on some runs of a 1M-label compress (0.8 vs 1.65 GB).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
+    _return_big_buffers_to_the_os()
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # behave like a Unix filter in pipelines
     cli(prog_name="slc")

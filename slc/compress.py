@@ -93,15 +93,17 @@ def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int
     rng = np.random.default_rng(seed)
     # whole runs of 256 rows at random places: few seeks, still a spread-out sample
     run = min(256, n)
-    runs = rng.choice(total // run, size=math.ceil(labels / run), replace=False)
-    out = []
-    for r in np.sort(runs):
-        row = int(r) * run
-        e, s = divmod(row, n)
-        block = src.read(e, s, min(n, s + run))
-        check_block(block, source, row)
-        out.append(to_logp(block, source, temperature))
-    return np.concatenate(out)[:labels]
+    per_epoch = n // run  # runs never cross an epoch boundary
+    count = min(e_count * per_epoch, math.ceil(labels / run))
+    runs = np.sort(rng.choice(e_count * per_epoch, size=count, replace=False))
+    out = np.empty((count * run, c), np.float32)  # filled in place: no list + concatenate copy
+    for i, r in enumerate(runs):
+        e, s = divmod(int(r), per_epoch)
+        s *= run
+        block = src.read(e, s, s + run)
+        check_block(block, source, e * n + s)
+        out[i * run:(i + 1) * run] = to_logp(block, source, temperature)
+    return out[:labels]
 
 
 def build_codec(plan: Plan, preset: str, logp: np.ndarray | None, classes: int, tensor_dtype: str,

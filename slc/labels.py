@@ -77,4 +77,5 @@ def retemper(labels: np.ndarray, kind: str, stored_t: float, out: Literal["probs
         x = x.clamp_min(PROB_FLOOR).log()
     if out == "logits":
         return (x * stored_t).numpy()
-    return torch.softmax(x * (stored_t / t), dim=-1).numpy()
+    scale = stored_t / t
+    return torch.softmax(x * scale if scale != 1 else x, dim=-1).numpy()

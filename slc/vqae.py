@@ -62,9 +62,16 @@ def renormalise(y: torch.Tensor, eps: float) -> torch.Tensor:
     return y / y.sum(-1, keepdim=True)
 
 
-def nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest code for each row of ``x`` (``||x||^2`` is constant per row, so skipped)."""
-    return torch.addmm(codebook.pow(2).sum(1), x, codebook.t(), alpha=-2).argmin(1)
+def nearest(x: torch.Tensor, codebook: torch.Tensor, rows: int = 8192) -> torch.Tensor:
+    """Index of the nearest code for each row of ``x`` (``||x||^2`` is constant per row, so skipped).
+
+    Works ``rows`` at a time so the distance matrix stays in cache instead of streaming
+    hundreds of MB through memory for small ``d_c``.
+    """
+    sq = codebook.pow(2).sum(1)
+    if x.shape[0] <= rows:
+        return torch.addmm(sq, x, codebook.t(), alpha=-2).argmin(1)
+    return torch.cat([torch.addmm(sq, b, codebook.t(), alpha=-2).argmin(1) for b in x.split(rows)])
 
 
 class VQAE(nn.Module):
@@ -157,14 +164,17 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
     n, c = logp.shape
     data = torch.from_numpy(np.ascontiguousarray(logp, dtype=np.float32))
     model = VQAE(c, dh, dc, k, cfg.domain, cfg.bias, cfg.beta)
-    x_all = encoder_input(data, cfg.domain)
+
+    def x_of(rows: torch.Tensor) -> torch.Tensor:  # encoder input for some rows: no full-size copy
+        return encoder_input(data[rows], cfg.domain)
+
     if cfg.init == "pca":
-        _pca_init(model, x_all[torch.randperm(n, generator=gen)[:50_000]])
+        _pca_init(model, x_of(torch.randperm(n, generator=gen)[:20_000]))
     if cfg.kmeans_init:
         with torch.no_grad():
             # ~64 points per code is plenty for Lloyd's iterations
             points = min(n * model.m, max(64 * k, 16384))
-            seg = model.segments(x_all[torch.randperm(n, generator=gen)[: max(1, points // model.m)]])
+            seg = model.segments(x_of(torch.randperm(n, generator=gen)[: max(1, points // model.m)]))
             model.codebook.copy_(kmeans(seg.reshape(-1, dc), k, gen=gen))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warm = max(1, cfg.steps // 20)
@@ -179,7 +189,7 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         lp = data[idx]
-        out, codes, vq = model(x_all[idx])
+        out, codes, vq = model(x_of(idx))
         loss = recon_loss(out, lp, cfg.domain) + cfg.alpha * vq
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -190,7 +200,7 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
             dead = usage == 0
             if dead.any():
                 with torch.no_grad():
-                    seg = model.segments(x_all[idx]).reshape(-1, dc)
+                    seg = model.segments(x_of(idx)).reshape(-1, dc)
                     pick = torch.randint(0, seg.shape[0], (int(dead.sum()),), generator=gen)
                     model.codebook[dead] = seg[pick]
             usage.zero_()
@@ -199,7 +209,7 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
             progress(step + 1, cfg.steps, loss_v)
     model.eval()
     with torch.no_grad():
-        sample = x_all[:20000]
+        sample = x_of(torch.arange(min(n, 20000)))
         used = torch.unique(model.assign(model.segments(sample))).numel()
     stats = {"seconds": time.perf_counter() - t0, "final_loss": loss_v, "codes_used": int(used),
              "fit_labels": int(n)}
