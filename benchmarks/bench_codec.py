@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,17 @@ def median_rate(fn, labels: int, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return labels / statistics.median(times)
+
+
+def vm_hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def tiled(logits: np.ndarray, rows: int) -> np.ndarray:
@@ -109,13 +119,22 @@ def main() -> None:
             os.replace(big + ".tmp", big)
         with tempfile.TemporaryDirectory() as wd:
             out = os.path.join(wd, "big.slc")
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "slc", "compress", big, "-o", out, "--ratio", "40", "-T", str(t),
-                            "-q"], check=True)
-            wall = time.perf_counter() - t0
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            rows.append(("`slc compress` 1M x 1000 fp16 .npy, peak RSS", f"{rss:,.0f} MB",
-                         f"{wall:.0f} s wall", "<= 1,536 MB"))
+            peaks, walls = [], []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                proc = subprocess.Popen([sys.executable, "-m", "slc", "compress", big, "-o", out, "--ratio", "40",
+                                         "-T", str(t), "-q", "--force"])
+                peak = 0
+                while proc.poll() is None:  # VmHWM: the child's own high-water mark; getrusage would
+                    peak = max(peak, vm_hwm_mb(proc.pid))  # inherit this (large) process's at fork
+                    time.sleep(0.1)
+                if proc.returncode:
+                    raise SystemExit(f"slc compress failed with exit code {proc.returncode}")
+                walls.append(time.perf_counter() - t0)
+                peaks.append(peak)
+            rows.append(("`slc compress` 1M x 1000 fp16 .npy (2 GB), peak RSS",
+                         " / ".join(f"{p:,.0f} MB" for p in peaks), f"{statistics.median(walls):.0f} s wall",
+                         "<= 1,536 MB"))
 
     table = Table(title=f"slc codec speed, C={c}, 40x, T={t:g}, {os.cpu_count()} CPU cores (medians of {args.repeats})")
     for col in ("what", "measured", "vs baseline", "target"):
