@@ -156,8 +156,19 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
     """Fit on ``logp`` (n, c) log-probabilities at the target temperature.
 
     ``progress`` is an optional callable ``(step, total, loss)``. Returns the model and a
-    dict of fitting statistics (time, final loss, codebook usage).
+    dict of fitting statistics (time, final loss, codebook usage). Runs on one thread:
+    multi-threaded CPU reductions (``index_add_``, backward of the code gather) sum in a
+    varying order, which made two fits of the same labels differ in their last bits.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_vqae(logp, dh, dc, k, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progress=None) -> tuple[VQAE, dict]:
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)

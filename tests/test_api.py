@@ -92,3 +92,16 @@ def test_file_opened_for_decoding_cannot_encode(tmp_path, z):
     slc.compress(z, tmp_path / "a.slc", codec="vqae", ratio=6, fit_config=FAST)
     with slc.open_slc(tmp_path / "a.slc") as f, pytest.raises(ValueError, match="no encoder"):
         f.codec.encode(to_logp(z[0, :4], "logits", 1.0))
+
+
+def test_bytes_do_not_depend_on_torch_threads(tmp_path, z):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            slc.compress(z, tmp_path / f"t{n}.slc", codec="vqae", ratio=6, fit_config=FAST)
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "t1.slc").read_bytes() == (tmp_path / "t2.slc").read_bytes()
