@@ -218,7 +218,6 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
         for name, a in tensors.items():
             w.add_section(name, np.ascontiguousarray(a).tobytes())
         w.begin_chunks()
-        done = 0
         for e, s, block in rest():
             check_block(block, kind, e * n + s)
             raw = enc.encode(to_logp(block, kind, temperature))
@@ -228,7 +227,6 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 if len(z) < len(raw):
                     encoding, payload = ENCODING_ZSTD, z
             w.add_chunk(e, s, len(block), payload, len(raw), encoding)
-            done += len(block)
             if progress:
                 progress(len(block), f.tell())
         w.end_chunks()
