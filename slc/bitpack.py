@@ -14,6 +14,11 @@ from .errors import SlcFormatError
 MAX_BITS = 32
 
 
+def bits_for(n: int) -> int:
+    """Bits of an index into ``n`` values: ``ceil(log2 n)``, at least 1 (exact for large ``n``)."""
+    return max(1, (n - 1).bit_length())
+
+
 def packed_size(n: int, bits: int) -> int:
     """Bytes taken by ``n`` codes of ``bits`` bits."""
     return (n * bits + 7) // 8

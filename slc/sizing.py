@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .bitpack import packed_size
+from .bitpack import bits_for as code_bits, packed_size
 from .container import ALIGN, CHUNK, ENTRY, PREAMBLE, align
 from .errors import SlcInputError
 
@@ -168,12 +168,8 @@ def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: 
     return Plan("vqae", {"k": k_, "dc": dc_, "dh": dh_}, s, dense, why)
 
 
-def code_bits(k: int) -> int:
-    return max(1, math.ceil(math.log2(k)))
-
-
 def topk_bytes(classes, epochs, samples, chunk_size, k) -> int:
-    bits = max(1, math.ceil(math.log2(classes)))
+    bits = code_bits(classes)
     return container_bytes(epochs, samples, chunk_size, lambda n: n * k * 2 + packed_size(n * k, bits), [])
 
 

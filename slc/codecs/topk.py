@@ -1,17 +1,11 @@
 """Top-k probabilities plus their indices, the rest spread uniformly (FKD's marginal smoothing, eq. S15)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..bitpack import pack_bits, packed_size, unpack_bits
+from ..bitpack import bits_for as index_bits, pack_bits, packed_size, unpack_bits
 from ..errors import expect
 from .base import Codec, param, split_payload
-
-
-def index_bits(classes: int) -> int:
-    return max(1, math.ceil(math.log2(classes)))
 
 
 class TopKCodec(Codec):

@@ -1,23 +1,16 @@
 """The VQAE codec: bit-packed code indices per chunk, codebook and decoder as tensor sections."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from ..bitpack import pack_bits, packed_size, unpack_bits
+from ..bitpack import bits_for as code_bits, pack_bits, packed_size, unpack_bits
 from ..errors import SlcFormatError
 from ..vqae import FitConfig, encoder_input, fit_vqae, nearest, renormalise
 from .base import Codec, param
 
 MAX_K = 1 << 16
 MAX_DIM = 1 << 16
-
-
-def code_bits(k: int) -> int:
-    """ceil(log2 k) bits per index."""
-    return max(1, math.ceil(math.log2(k)))
 
 
 class VQAECodec(Codec):
