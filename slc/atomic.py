@@ -36,13 +36,18 @@ def atomic_output(path: str, force: bool = False) -> Iterator[BinaryIO]:
         if os.path.exists(path) and not force:  # appeared while we worked
             raise SlcInputError(f"output exists: {path} (use --force to overwrite)")
         os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        fsync_folder(path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def fsync_folder(path: str) -> None:
+    """Make a rename into ``path``'s folder durable (best effort: not every OS allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

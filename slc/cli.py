@@ -31,8 +31,9 @@ def handle_errors(fn):
                 sys.exit(0)
             where = f": {e.filename}" if e.filename else ""
             raise click.ClickException(f"{e.strerror or e}{where}") from None
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted; no output was written", err=True)
+        except KeyboardInterrupt as e:
+            hint = getattr(e, "slc_hint", "no output was written")
+            click.echo(f"Error: interrupted; {hint}", err=True)
             sys.exit(130)
 
     return wrapper
@@ -57,35 +58,110 @@ def cli():
     """slc: compress teacher soft labels for dataset distillation and offline KD."""
 
 
-# --------------------------------------------------------------------------- compress
+# --------------------------------------------------------------------------- compress / encode
+def codec_options(fn):
+    """The options that choose and size the codec, shared by ``compress`` and ``encode``."""
+    opts = [
+        click.option("--codec", default="auto", show_default=True,
+                     type=click.Choice(["auto", "vqae", "vqae-paper", "topk", "fp16", "fp32"]),
+                     help="auto: fit vqae and size top-k to the same bytes, keep the lower held-out KL. "
+                          "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly."),
+        click.option("-T", "--temperature", type=float, default=1.0, show_default=True,
+                     help="Temperature the student will train at; stored in the file, fidelity is measured at it."),
+        click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40]."),
+        click.option("--budget", help="Target file size, e.g. 120MB or 1.5GiB."),
+        click.option("--k", "k", type=int, help="Codebook size (VQAE) or kept classes (top-k)."),
+        click.option("--dc", type=int, help="Code dimension d_c (VQAE)."),
+        click.option("--dh", type=int, help="Latent dimension d_h (VQAE); d_c must divide it."),
+        click.option("--chunk-size", type=int, default=4096, show_default=True,
+                     help="Labels per chunk (also the unit of --resume)."),
+        click.option("--zstd", is_flag=True, help="zstd-code each chunk (kept only where it saves bytes)."),
+        click.option("--tensor-dtype", type=click.Choice(["fp16", "fp32"]),
+                     help="Codebook/decoder precision [default: fp16; fp32 for vqae-paper]."),
+        click.option("--fit-labels", type=int, default=65536, show_default=True, help="Labels sampled to fit the codec."),
+        click.option("--fit-steps", type=int, help="Optimizer steps when fitting a VQAE."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds the fit sample (and, for encode, every crop, order and mix)."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output (or discard an interrupted run)."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished chunk."),
+        click.option("-q", "--quiet", is_flag=True, help="No plan, no progress bars."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def codec_kwargs(codec, temperature, ratio, budget, k, dc, dh, chunk_size, zstd, tensor_dtype, fit_labels,
+                 fit_steps, force, resume) -> dict:
+    from .sizing import parse_size
+    from .vqae import FitConfig
+
+    fit_config = None
+    if fit_steps is not None:
+        fit_config = FitConfig.paper(steps=fit_steps) if codec == "vqae-paper" else FitConfig(steps=fit_steps)
+    return dict(codec=codec, temperature=temperature, ratio=ratio, budget=parse_size(budget) if budget else None,
+                k=k, dc=dc, dh=dh, chunk_size=chunk_size, zstd=zstd,
+                tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype], fit_labels=fit_labels,
+                fit_config=fit_config, force=force, resume=resume)
+
+
+class Reporter:
+    """Log lines and progress bars on stderr for a long write (silent with ``quiet``)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bars: dict = {}
+
+    def log(self, line: str) -> None:
+        if not self.quiet:
+            click.echo(line, err=True)
+
+    def fit(self, step: int, total: int, loss: float) -> None:
+        if self.quiet:
+            return
+        if "fit" not in self.bars:
+            self.bars["fit"] = progress_bar(total, "fit", "step")
+        self.bars["fit"].update(1)
+        self.bars["fit"].set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if step == total:
+            self.bars.pop("fit").close()
+
+    def bar(self, name: str, total: int, unit: str):
+        if name not in self.bars:
+            self.bars[name] = progress_bar(total, name, unit)
+        return self.bars[name]
+
+    def written(self, total: int, desc: str, unit: str, advance: bool = True):
+        """A ``progress(count, written, dense)`` callback: bytes written against dense fp16 so far.
+
+        ``advance=False`` when something else (the teacher) advances the bar.
+        """
+
+        def progress(count: int, written: int, dense: int) -> None:
+            if self.quiet:
+                return
+            b = self.bar(desc, total, unit)
+            if advance:
+                b.update(count)
+            b.set_postfix_str(f"{written / 1e6:.1f} MB written, {dense / max(written, 1):.1f}x vs fp16 "
+                              f"({dense / 1e6:.0f} MB)", refresh=False)
+
+        return progress
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+        self.bars.clear()
+
+
 @cli.command()
 @click.argument("labels")
 @click.option("-o", "--output", required=True, help="Output .slc path.")
-@click.option("--codec", default="auto", show_default=True,
-              type=click.Choice(["auto", "vqae", "vqae-paper", "topk", "fp16", "fp32"]),
-              help="auto: fit vqae and size top-k to the same bytes, keep the lower held-out KL. "
-                   "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly.")
 @click.option("--logits", "source", flag_value="logits", help="LABELS are logits.")
 @click.option("--probs", "source", flag_value="probs", help="LABELS are probabilities.")
-@click.option("-T", "--temperature", type=float, default=1.0, show_default=True,
-              help="Temperature the student will train at; stored in the file, fidelity is measured at it.")
-@click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40].")
-@click.option("--budget", help="Target file size, e.g. 120MB or 1.5GiB.")
-@click.option("--k", "k", type=int, help="Codebook size (VQAE) or kept classes (top-k).")
-@click.option("--dc", type=int, help="Code dimension d_c (VQAE).")
-@click.option("--dh", type=int, help="Latent dimension d_h (VQAE); d_c must divide it.")
-@click.option("--chunk-size", type=int, default=4096, show_default=True, help="Labels per chunk.")
-@click.option("--zstd", is_flag=True, help="zstd-code each chunk (kept only where it saves bytes).")
-@click.option("--tensor-dtype", type=click.Choice(["fp16", "fp32"]),
-              help="Codebook/decoder precision [default: fp16; fp32 for vqae-paper].")
-@click.option("--fit-labels", type=int, default=65536, show_default=True, help="Labels sampled to fit the codec.")
-@click.option("--fit-steps", type=int, help="Optimizer steps when fitting a VQAE.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
-@click.option("-q", "--quiet", is_flag=True, help="No plan, no progress bars.")
+@codec_options
 @handle_errors
-def compress(labels, output, codec, source, temperature, ratio, budget, k, dc, dh, chunk_size, zstd,
-             tensor_dtype, fit_labels, fit_steps, seed, force, quiet):
+def compress(labels, output, source, seed, quiet, **codec):
     """Compress soft labels into an .slc file.
 
     LABELS is an .npy of shape (N, C) or (E, N, C), an HDF5 dataset FILE.h5:/path,
@@ -96,58 +172,116 @@ def compress(labels, output, codec, source, temperature, ratio, budget, k, dc, d
         slc compress teacher_logits.npy -o labels.slc --logits -T 4 --ratio 40
     """
     from .compress import compress as run
-    from .sizing import parse_size
     from .sources import open_labels
-    from .vqae import FitConfig
 
-    fit_config = None
-    if fit_steps is not None:
-        fit_config = FitConfig.paper(steps=fit_steps) if codec == "vqae-paper" else FitConfig(steps=fit_steps)
+    kwargs = codec_kwargs(**codec)
     src = open_labels(labels)
     e, n, c = src.shape
-    bars = {}
-
-    def log(line):
-        if not quiet:
-            click.echo(line, err=True)
-
-    log(f"labels: {e} epochs x {n} samples x {c} classes from {src.name}")
-
-    def fit_progress(step, total, loss):
-        if quiet:
-            return
-        if "fit" not in bars:
-            bars["fit"] = progress_bar(total, "fit", "step")
-        bars["fit"].update(1)
-        bars["fit"].set_postfix(loss=f"{loss:.4g}", refresh=False)
-        if step == total:
-            bars["fit"].close()
-
-    def progress(count, written):
-        if quiet:
-            return
-        if "enc" not in bars:
-            bars["enc"] = progress_bar(e * n, "encode")
-            bars["done"] = 0
-        bars["done"] += count
-        dense = bars["done"] * c * 2
-        bars["enc"].update(count)
-        bars["enc"].set_postfix_str(f"{written / 1e6:.1f} MB written, {dense / max(written, 1):.1f}x vs fp16",
-                                    refresh=False)
-
+    rep = Reporter(quiet)
+    rep.log(f"labels: {e} epochs x {n} samples x {c} classes from {src.name}")
     try:
-        result = run(src, output, codec=codec, source=source or "auto", temperature=temperature, ratio=ratio,
-                     budget=parse_size(budget) if budget else None, k=k, dc=dc, dh=dh, chunk_size=chunk_size,
-                     zstd=zstd, tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype],
-                     fit_labels=fit_labels, fit_config=fit_config, seed=seed, force=force, log=log, fit_progress=fit_progress,
-                     progress=progress)
+        result = run(src, output, source=source or "auto", seed=seed, log=rep.log, fit_progress=rep.fit,
+                     progress=rep.written(e * n, "encode", "label"), **kwargs)
     finally:
-        for b in bars.values():
-            if hasattr(b, "close"):
-                b.close()
+        rep.close()
         src.close()
     click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 "
-               f"({result.source}, T={temperature:g}, codec {result.codec})", err=True)
+               f"({result.source}, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
+
+
+def floats(text: str | None, n: tuple[int, ...], what: str) -> tuple[float, ...] | None:
+    """Parse "a,b,c" into floats, checking the count is one of ``n``."""
+    if text is None:
+        return None
+    from .errors import SlcInputError
+
+    try:
+        v = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise SlcInputError(f"expected comma-separated numbers for {what}, got {text!r}") from None
+    if len(v) not in n:
+        raise SlcInputError(f"expected {' or '.join(map(str, n))} numbers for {what}, got {len(v)} ({text!r})")
+    return v
+
+
+@cli.command()
+@click.argument("teacher")
+@click.argument("images")
+@click.option("-o", "--output", required=True, help="Output .slc path.")
+@click.option("--weights", help="state_dict for a TEACHER given as package.module:factory (loaded weights-only).")
+@click.option("--factory-kwargs", help='JSON keyword arguments for the factory, e.g. \'{"num_classes": 10}\'.')
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module teacher (runs arbitrary code!).")
+@click.option("--epochs", type=int, default=300, show_default=True, help="Epochs of crops to relabel.")
+@click.option("--size", type=int, default=224, show_default=True, help="Crop side the teacher sees, in pixels.")
+@click.option("--scale", default="0.08,1", show_default=True, help="RandomResizedCrop area range.")
+@click.option("--aspect", default="0.75,1.3333333333333333", show_default=True,
+              help="RandomResizedCrop aspect-ratio range.")
+@click.option("--flip", type=float, default=0.5, show_default=True, help="Horizontal flip probability.")
+@click.option("--mean", help="Per-channel mean on pixels/255 [default: ImageNet's].")
+@click.option("--std", help="Per-channel std on pixels/255 [default: ImageNet's].")
+@click.option("--channels", type=click.IntRange(1, 3), default=3, show_default=True,
+              help="Channels the teacher takes (greyscale is repeated).")
+@click.option("--invert", is_flag=True, help="Use 255 - pixel (e.g. Fashion-MNIST for an ImageNet teacher).")
+@click.option("--order", type=click.Choice(["shuffle", "sequential"]), default="shuffle", show_default=True,
+              help="Image order within an epoch: a seeded permutation, or as listed.")
+@click.option("--mix", type=click.Choice(["none", "mixup", "cutmix"]), default="none", show_default=True,
+              help="Mix crops within groups of --mix-group positions, as SRe2L/RDED relabeling does.")
+@click.option("--mix-group", type=int, help="Positions per mix group [default: --batch-size].")
+@click.option("--store-boxes", is_flag=True, help="Also store every crop box (10 B/label), FKD style.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Teacher batch size.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers making crops.")
+@click.option("--no-amp", is_flag=True, help="No fp16 autocast on GPU.")
+@click.option("--fit-on", type=click.Choice(["first", "random"]), default="first", show_default=True,
+              help="Fit the codec on the first --fit-labels labels, or a random subset (extra teacher work).")
+@click.option("--skip-bad", is_flag=True, help="Leave out unreadable images (named on stderr) instead of stopping.")
+@codec_options
+@handle_errors
+def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epochs, size, scale, aspect, flip, mean,
+           std, channels, invert, order, mix, mix_group, store_boxes, batch_size, device, workers, no_amp, fit_on,
+           skip_bad, seed, quiet, **codec):
+    """Relabel IMAGES with TEACHER over replayable augmented crops into an .slc file.
+
+    TEACHER is a TorchScript file, a torch.export .pt2, or package.module:factory with
+    --weights. IMAGES is an ImageFolder tree, a flat folder, an .npy/.npz array or FILE.h5:/path.
+    Crops are recomputed from --seed by the student: they cost no bytes.
+
+    \b
+    Example:
+        slc encode teacher.pt images/ -o labels.slc --epochs 300 -T 4 --ratio 40
+    """
+    from .augment import IMAGENET_MEAN, IMAGENET_STD, Recipe
+    from .encode import encode as run
+    from .images import open_images
+    from .teacher import load_teacher
+
+    kwargs = codec_kwargs(**codec)
+    rep = Reporter(quiet)
+    try:
+        kw = json.loads(factory_kwargs) if factory_kwargs else None
+    except ValueError as e:
+        raise click.ClickException(f"expected JSON for --factory-kwargs, got {factory_kwargs!r} ({e})") from None
+    # images first: a bad folder fails in a second, before a large teacher is loaded
+    imgs = open_images(images, skip_bad=skip_bad, log=rep.log)
+    model = load_teacher(teacher, weights=weights, trust_pickle=trust_pickle, factory_kwargs=kw, log=rep.log)
+    default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    recipe = Recipe(seed=seed, size=size, scale=floats(scale, (2,), "--scale"),
+                    ratio=floats(aspect, (2,), "--aspect"), flip=flip,
+                    mean=floats(mean, (channels,), "--mean") or default_mean,
+                    std=floats(std, (channels,), "--std") or default_std, channels=channels, invert=invert,
+                    order=order, mix=mix, mix_group=0 if mix == "none" else (mix_group or batch_size),
+                    boxes="stored" if store_boxes else "replay")
+    total = epochs * len(imgs)
+    try:
+        result = run(model, imgs, output, recipe=recipe, epochs=epochs, batch_size=batch_size, device=device,
+                     workers=workers, amp=not no_amp, fit_on=fit_on, log=rep.log, fit_progress=rep.fit,
+                     on_crops=None if quiet else rep.bar("relabel", total, "crop").update,
+                     progress=rep.written(total, "relabel", "crop", advance=False), **kwargs)
+    finally:
+        rep.close()
+        imgs.close()
+    click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 labels "
+               f"({epochs} epochs x {len(imgs)} images, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
 
 
 # --------------------------------------------------------------------------- decode
@@ -275,8 +409,13 @@ def _return_big_buffers_to_the_os() -> None:
         pass
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler's preemption) ends a run like Ctrl-C: resumable
+
+
 def main() -> None:
     _return_big_buffers_to_the_os()
+    signal.signal(signal.SIGTERM, _interrupt)
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # behave like a Unix filter in pipelines
     cli(prog_name="slc")

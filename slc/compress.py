@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Callable
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_output, check_output
-from .codecs import Codec, DenseCodec, TopKCodec, VQAECodec
-from .container import ENCODING_RAW, ENCODING_ZSTD, ContainerWriter, header_bytes
+from .codecs import Codec, DenseCodec, TopKCodec, VQAECodec, codec_class
+from .container import ENCODING_RAW, ENCODING_ZSTD, header_bytes
 from .errors import SlcInputError
 from .header import MAX_CHUNK_ELEMENTS, Header
 from .labels import Source, check_block, detect_source, retemper, to_logp
 from .metrics import Fidelity
+from .resume import ResumableOutput
 from .sizing import Plan, dense_bytes, plan_dense, plan_topk, plan_vqae, target_bytes
 from .sources import LabelSource, open_labels
 from .vqae import FitConfig
@@ -43,24 +45,34 @@ class CompressResult:
 
 def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: float | None = None,
              budget: int | None = None, k: int | None = None, dc: int | None = None, dh: int | None = None,
-             tensor_dtype: str | None = None) -> Plan:
+             tensor_dtype: str | None = None, extra: int = 0) -> Plan:
     """Choose codec parameters for labels of ``shape = (E, N, C)``.
 
     Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every VQAE size is given.
+    ``extra`` bytes of other sections (replay, crop boxes) count against the budget.
     """
     e, n, c = shape
     if ratio is None and budget is None and codec not in ("fp16", "fp32") and not (
             codec == "topk" and k is not None) and None in (k, dc, dh):
         ratio = DEFAULT_RATIO
     target = target_bytes(dense_bytes(e * n, c), ratio, budget)
+    if target is not None and extra:
+        target -= extra
     tensor_dtype = tensor_dtype or default_tensor_dtype(codec)
     if codec in ("vqae", "vqae-paper"):
-        return plan_vqae(c, e, n, chunk_size, target, k=k, dc=dc, dh=dh, itemsize=np.dtype(tensor_dtype).itemsize,
+        plan = plan_vqae(c, e, n, chunk_size, target, k=k, dc=dc, dh=dh, itemsize=np.dtype(tensor_dtype).itemsize,
                          bias=codec == "vqae")
-    if codec == "auto":
-        return plan_for("vqae", shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype)
-    if codec == "topk":
-        return plan_topk(c, e, n, chunk_size, target, k)
+    elif codec == "auto":
+        return plan_for("vqae", shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extra)
+    elif codec == "topk":
+        plan = plan_topk(c, e, n, chunk_size, target, k)
+    else:
+        plan = None
+    if plan is not None:
+        if extra:
+            plan.bytes += extra
+            plan.why.append(f"replay sections {extra:,} bytes; file {plan.bytes:,} bytes = {plan.ratio:.1f}x")
+        return plan
     if codec in ("fp16", "fp32"):
         if target is not None:
             raise SlcInputError(f"expected no --ratio/--budget for the dense {codec} codec (its ratio is fixed)")
@@ -128,13 +140,13 @@ def sample_kl(codec: Codec, logp: np.ndarray) -> float:
 
 
 def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_dtype: str | None,
-                fit_config: FitConfig | None, progress, log) -> tuple[Codec, Plan]:
+                fit_config: FitConfig | None, progress, log, extra: int = 0) -> tuple[Codec, Plan]:
     """Fit the VQAE and size top-k to the same bytes; keep whichever has the lower held-out KL.
 
     The temperature decides: peaked labels (T near 1) favour top-k, soft ones the VQAE.
     """
-    vq_plan = plan_for("vqae", shape, chunk_size, ratio, budget, tensor_dtype=tensor_dtype)
-    tk_plan = plan_for("topk", shape, chunk_size, ratio, budget)
+    vq_plan = plan_for("vqae", shape, chunk_size, ratio, budget, tensor_dtype=tensor_dtype, extra=extra)
+    tk_plan = plan_for("topk", shape, chunk_size, ratio, budget, extra=extra)
     hold = min(AUTO_HOLDOUT, len(logp) // 5)
     fit_part, held = (logp[:-hold], logp[-hold:]) if hold >= 64 else (logp, logp)
     vq = build_codec(vq_plan, "vqae", fit_part, shape[2], tensor_dtype or "<f2", fit_config, progress)
@@ -146,79 +158,131 @@ def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_
     return pick
 
 
+@dataclass
+class Extras:
+    """Optional sections a caller adds around the labels (``encode`` adds the replay sections)."""
+
+    before: dict[str, bytes] = field(default_factory=dict)  # written before the chunks
+    after: dict[str, tuple[int, Callable[[], Iterable[bytes]]]] = field(default_factory=dict)  # (size, parts)
+    request: dict = field(default_factory=dict)  # what else identifies the run for --resume
+
+    def bytes(self) -> int:
+        from .replay import extra_bytes
+
+        return extra_bytes(self.before) + sum(extra_bytes({}, size) for size, _ in self.after.values())
+
+
+def input_identity(src: LabelSource) -> dict:
+    """Enough to notice a changed input file between a run and its ``--resume``."""
+    name = src.name.partition(":")[0]
+    if not src.seekable:
+        raise SlcInputError("expected a labels file to --resume, got a stream (stdin cannot be replayed)")
+    try:
+        st = os.stat(name)
+    except OSError:
+        return {"input": src.name}
+    return {"input": os.path.abspath(src.name), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns}
+
+
 def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str = "auto", temperature: float = 1.0,
              ratio: float | None = None, budget: int | None = None, k: int | None = None, dc: int | None = None,
              dh: int | None = None, chunk_size: int = 4096, zstd: bool = False, tensor_dtype: str | None = None,
              fit_labels: int = DEFAULT_FIT_LABELS, fit_config: FitConfig | None = None, seed: int = 0,
-             force: bool = False, user: dict | None = None, log: Callable[[str], None] | None = None,
-             fit_progress: Callable | None = None, progress: Callable | None = None) -> CompressResult:
+             force: bool = False, resume: bool = False, user: dict | None = None, extras: Extras | None = None,
+             log: Callable[[str], None] | None = None, fit_progress: Callable | None = None,
+             progress: Callable | None = None) -> CompressResult:
     """Compress ``labels`` into ``out``; see ``slc compress --help`` for the options.
 
     ``labels``: an array ``(N, C)`` / ``(E, N, C)``, a path (``.npy``, ``FILE.h5:/dataset``), or a
-    :class:`~slc.sources.LabelSource`.
+    :class:`~slc.sources.LabelSource`. With ``resume``, an interrupted run of the same call is
+    continued from its last finished chunk (``slc.resume``); the result is byte-identical.
     """
     src = open_labels(labels)
     out = os.fspath(out)
+    extras = extras or Extras()
     e_count, n, c = src.shape
     if not (math.isfinite(temperature) and temperature > 0):
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")
     if chunk_size < 1 or chunk_size * c > MAX_CHUNK_ELEMENTS:
         raise SlcInputError(f"expected 1 <= chunk size <= {MAX_CHUNK_ELEMENTS // c} for {c} classes, got {chunk_size}")
-    check_output(out, force)
     log = log or (lambda line: None)
     if codec == "auto" and (k, dc, dh) != (None, None, None):
         raise SlcInputError("expected --codec vqae or topk with --k/--dc/--dh, got --codec auto")
+    fit_steps = fit_config.steps if fit_config else None
+    request = {"codec": codec, "source": source, "temperature": temperature, "ratio": ratio, "budget": budget,
+               "k": k, "dc": dc, "dh": dh, "chunk_size": chunk_size, "zstd": zstd, "tensor_dtype": tensor_dtype,
+               "fit_labels": fit_labels, "fit_steps": fit_steps, "seed": seed, "shape": list(src.shape),
+               "user": user or {}, **(extras.request or (input_identity(src) if resume else {}))}
+    target = ResumableOutput(out, request, force=force, resume=resume, log=log)
+    per_epoch = -(-n // chunk_size)
 
-    # the first blocks decide the source kind and feed stream-only sources' fit sample
-    blocks = src.blocks(chunk_size)
-    first: list[tuple[int, int, np.ndarray]] = []
-    needs_fit = codec in ("auto", "vqae", "vqae-paper")
-    want = min(fit_labels, e_count * n) if needs_fit and not src.seekable else 1
-    got = 0
-    for item in blocks:
-        first.append(item)
-        got += len(item[2])
-        if got >= want:
-            break
-    kind: Source = detect_source(first[0][2]) if source == "auto" else source  # type: ignore[assignment]
-    for e, s, block in first:
-        check_block(block, kind, e * n + s)
-    plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype)
-    for line in plan.why:
-        log(f"plan: {line}")
-    logp = fit_sample(src, kind, temperature, min(fit_labels, e_count * n), seed, first) if needs_fit else None
-    if codec == "auto":
-        enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config, fit_progress,
-                                log)
-    else:
-        enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
-                          fit_progress)
-    del logp
-    if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
-        raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this codec, "
-                            f"got {chunk_size}")
+    with target:
+        if target.resumed:
+            r = target.resumed
+            header = Header.from_json(json.loads(r.data["header"]))
+            tensors = {name: np.frombuffer(r.data[name], np.dtype(spec["dtype"])).reshape(spec["shape"])
+                       for name, spec in header.tensors.items()}
+            enc = codec_class(header.codec).from_file(header.codec_params, tensors, c)
+            kind: Source = header.source  # type: ignore[assignment]
+            plan = Plan(enc.name, header.codec_params, 0, dense_bytes(e_count * n, c), ["resumed"])
+            done = len(r.entries)
+            blocks = src.blocks(chunk_size, done)
+            first: list[tuple[int, int, np.ndarray]] = []
+            w = target.open()
+            if progress and done:
+                labels_done = sum(e.count for e in r.entries)
+                progress(labels_done, w._pos, labels_done * c * 2)
+        else:
+            # the first blocks decide the source kind and feed stream-only sources' fit sample
+            blocks = src.blocks(chunk_size)
+            first = []
+            needs_fit = codec in ("auto", "vqae", "vqae-paper")
+            want = min(fit_labels, e_count * n) if needs_fit and not src.seekable else 1
+            got = 0
+            for item in blocks:
+                first.append(item)
+                got += len(item[2])
+                if got >= want:
+                    break
+            kind = detect_source(first[0][2]) if source == "auto" else source  # type: ignore[assignment]
+            for e, s, block in first:
+                check_block(block, kind, e * n + s)
+            plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extras.bytes())
+            for line in plan.why:
+                log(f"plan: {line}")
+            logp = fit_sample(src, kind, temperature, min(fit_labels, e_count * n), seed, first) if needs_fit else None
+            if codec == "auto":
+                enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config,
+                                        fit_progress, log, extras.bytes())
+            else:
+                enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
+                                  fit_progress)
+            del logp
+            if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
+                raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this "
+                                    f"codec, got {chunk_size}")
+            tensors = enc.tensors()
+            header = Header(c, e_count, n, float(temperature), kind, enc.name, enc.params(),
+                            {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in tensors.items()},
+                            chunk_size, "zstd" if zstd else "none", f"slc {__version__}", user or {})
+            w = target.open()
+            w.add_section("header", header_bytes(header.to_json()))
+            for name, a in tensors.items():
+                w.add_section(name, np.ascontiguousarray(a).tobytes())
+            for name, data in extras.before.items():
+                w.add_section(name, data, required=False)
+            w.begin_chunks()
+            target.chunks_begun()
+            done = 0
 
-    tensors = enc.tensors()
-    header = Header(c, e_count, n, float(temperature), kind, enc.name, enc.params(),
-                    {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in tensors.items()},
-                    chunk_size, "zstd" if zstd else "none", f"slc {__version__}", user or {})
-    compressor = None
-    if zstd:
-        import zstandard
+        compressor = None
+        if zstd:
+            import zstandard
 
-        compressor = zstandard.ZstdCompressor(level=19)
-
-    def rest():
-        yield from first
-        yield from blocks
-
-    with atomic_output(out, force) as f:
-        w = ContainerWriter(f)
-        w.add_section("header", header_bytes(header.to_json()))
-        for name, a in tensors.items():
-            w.add_section(name, np.ascontiguousarray(a).tobytes())
-        w.begin_chunks()
-        for e, s, block in rest():
+            compressor = zstandard.ZstdCompressor(level=19)
+        for i, (e, s, block) in enumerate(itertools.chain(first, blocks), start=done):
+            if (e, s) != (i // per_epoch, i % per_epoch * chunk_size):  # a source must tile in order
+                raise SlcInputError(f"expected block {i} at epoch {i // per_epoch}, got epoch {e} sample {s}")
             check_block(block, kind, e * n + s)
             raw = enc.encode(to_logp(block, kind, temperature))
             encoding, payload = ENCODING_RAW, raw
@@ -226,9 +290,13 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 z = compressor.compress(raw)
                 if len(z) < len(raw):
                     encoding, payload = ENCODING_ZSTD, z
-            w.add_chunk(e, s, len(block), payload, len(raw), encoding)
+            target.chunk_done(w.add_chunk(e, s, len(block), payload, len(raw), encoding))
             if progress:
-                progress(len(block), f.tell())
+                progress(len(block), w._pos, (e * n + s + len(block)) * c * 2)  # dense fp16 bytes so far
         w.end_chunks()
+        for name, (size, parts) in extras.after.items():
+            w.add_section_stream(name, parts(), required=False)
         size = w.finish()
-    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind, {**getattr(enc, "fit_info", {}), "seconds": getattr(enc, "fit_seconds", 0.0)}, enc.name)
+        target.commit(force)
+    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind,
+                          {**getattr(enc, "fit_info", {}), "seconds": getattr(enc, "fit_seconds", 0.0)}, enc.name)

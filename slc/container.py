@@ -208,16 +208,22 @@ def parse_index(data: bytes, chunks: Section) -> list[ChunkEntry]:
     entries = []
     cursor = 0
     for i in range(len(data) // CHUNK.size):
-        epoch, count, start, off, stored, raw, crc, enc, res = CHUNK.unpack_from(data, i * CHUNK.size)
-        expect(res == 0, f"zero reserved field in chunk {i}", res)
-        expect(enc in (ENCODING_RAW, ENCODING_ZSTD), f"chunk encoding 0 or 1 in chunk {i}", enc)
-        expect(off == cursor, f"chunk {i} at offset {cursor} in 'chunks'", off)
-        expect(enc == ENCODING_ZSTD or stored == raw, f"stored length == raw length for raw chunk {i}",
-               f"{stored} != {raw}")
-        cursor += stored
-        entries.append(ChunkEntry(epoch, count, start, off, stored, raw, crc, enc))
+        e = parse_index_entry(data[i * CHUNK.size:(i + 1) * CHUNK.size], i)
+        expect(e.offset == cursor, f"chunk {i} at offset {cursor} in 'chunks'", e.offset)
+        cursor += e.stored_length
+        entries.append(e)
     expect(cursor == chunks.length, f"chunks to fill the 'chunks' section ({chunks.length} bytes)", cursor)
     return entries
+
+
+def parse_index_entry(raw: bytes, i: int) -> ChunkEntry:
+    """One 48-byte chunk index entry, checked on its own."""
+    epoch, count, start, off, stored, raw_len, crc, enc, res = CHUNK.unpack(raw)
+    expect(res == 0, f"zero reserved field in chunk {i}", res)
+    expect(enc in (ENCODING_RAW, ENCODING_ZSTD), f"chunk encoding 0 or 1 in chunk {i}", enc)
+    expect(enc == ENCODING_ZSTD or stored == raw_len, f"stored length == raw length for raw chunk {i}",
+           f"{stored} != {raw_len}")
+    return ChunkEntry(epoch, count, start, off, stored, raw_len, crc, enc)
 
 
 # --------------------------------------------------------------------------- writing
@@ -242,6 +248,20 @@ class ContainerWriter:
         f.write(bytes(PREAMBLE.size))  # patched in finish()
         self._pos = PREAMBLE.size
 
+    @classmethod
+    def reopen(cls, f: BinaryIO, sections: list[Section], chunks_start: int, entries: list[ChunkEntry],
+               chunks_crc: int) -> "ContainerWriter":
+        """Continue an interrupted write after its last good chunk (see ``slc.resume``)."""
+        w = cls.__new__(cls)
+        w.f, w.sections, w.index = f, list(sections), list(entries)
+        w._chunks_start, w._chunks_crc = chunks_start, chunks_crc
+        w._chunks_len = sum(e.stored_length for e in entries)
+        w._in_chunks = True
+        w._pos = chunks_start + w._chunks_len
+        f.seek(w._pos)
+        f.truncate()
+        return w
+
     def _pad_to_alignment(self) -> int:
         start = align(self._pos)
         self.f.write(bytes(start - self._pos))
@@ -249,13 +269,20 @@ class ContainerWriter:
         return start
 
     def add_section(self, name: str, data: bytes, required: bool = True) -> None:
+        self.add_section_stream(name, [data], required)
+
+    def add_section_stream(self, name: str, parts: Iterable[bytes], required: bool = True) -> None:
+        """A section written piece by piece, for bodies too large to hold in memory."""
         if self._in_chunks:
             raise RuntimeError("end_chunks() before adding other sections")
         self._check_name(name)
         start = self._pad_to_alignment()
-        self.f.write(data)
-        self._pos += len(data)
-        self.sections.append(Section(name, start, len(data), crc32(data), FLAG_REQUIRED if required else 0))
+        crc, n = 0, 0
+        for part in parts:
+            self.f.write(part)
+            crc, n = crc32(part, crc), n + len(part)
+        self._pos += n
+        self.sections.append(Section(name, start, n, crc, FLAG_REQUIRED if required else 0))
 
     def begin_chunks(self) -> None:
         self._chunks_start = self._pad_to_alignment()

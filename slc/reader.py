@@ -153,6 +153,23 @@ class SlcFile:
         if not 0 <= start <= stop <= self.header.samples:
             raise IndexError(f"expected 0 <= start <= stop <= {self.header.samples}, got {start}..{stop}")
 
+    # ---------------------------------------------------------------- other sections
+    def section(self, name: str, max_bytes: int) -> bytes | None:
+        """The body of an optional section (CRC checked), ``None`` if absent."""
+        s = self.layout.sections.get(name)
+        if s is None:
+            return None
+        expect(s.length <= max_bytes, f"section {name!r} of at most {max_bytes} bytes", s.length)
+        return read_section(self._f, s)
+
+    def section_range(self, name: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of a section too large to read whole (no CRC: ``verify`` checks it)."""
+        expect(name in self.layout.sections, f"a {name!r} section", "none")
+        s = self.layout.sections[name]
+        expect(0 <= offset and offset + length <= s.length, f"a range inside section {name!r} ({s.length} bytes)",
+               f"{offset}..{offset + length}")
+        return read_exact(self._f, s.offset + offset, length, f"section {name!r}")
+
     # ---------------------------------------------------------------- checks
     def verify(self) -> None:
         """Check every section and chunk checksum and decode every chunk once."""

@@ -26,11 +26,14 @@ class LabelSource:
     def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError
 
-    def blocks(self, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    def blocks(self, rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Blocks of ``rows`` labels (never crossing an epoch), from block number ``first`` on."""
         e_count, n, _ = self.shape
-        for e in range(e_count):
-            for s in range(0, n, rows):
-                yield e, s, self.read(e, s, min(n, s + rows))
+        per = -(-n // rows)
+        for i in range(first, e_count * per):
+            e, s = divmod(i, per)
+            s *= rows
+            yield e, s, self.read(e, s, min(n, s + rows))
 
     def close(self) -> None:
         pass
