@@ -1,10 +1,13 @@
 """slc: soft-label compression for dataset distillation and offline knowledge distillation."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import SlcError, SlcFormatError, SlcInputError  # noqa: E402
 from .reader import SlcFile, open_slc  # noqa: E402
 from .compress import compress  # noqa: E402
 from .sources import open_labels  # noqa: E402
+from .dataset import EpochSampler, SoftLabelDataset  # noqa: E402
+from .encode import encode  # noqa: E402
 
-__all__ = ["SlcError", "SlcFormatError", "SlcInputError", "SlcFile", "open_slc", "compress", "open_labels",
+__all__ = ["SlcError", "SlcFormatError", "SlcInputError", "SlcFile", "open_slc", "compress", "encode", "open_labels",
+           "SoftLabelDataset", "EpochSampler",
            "__version__"]

@@ -19,7 +19,7 @@ from .labels import Source, check_block, detect_source, retemper, to_logp
 from .metrics import Fidelity
 from .resume import ResumableOutput
 from .sizing import Plan, dense_bytes, plan_dense, plan_topk, plan_vqae, target_bytes
-from .sources import LabelSource, open_labels
+from .sources import LabelSource, SlcSource, open_labels
 from .vqae import FitConfig
 
 PRESETS = ("auto", "vqae", "vqae-paper", "topk", "fp16", "fp32")
@@ -85,17 +85,10 @@ def default_tensor_dtype(codec: str) -> str:
     return "<f4" if codec == "vqae-paper" else "<f2"
 
 
-def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int,
-               first: list[tuple[int, int, np.ndarray]] | None = None) -> np.ndarray:
-    """Log-probabilities of up to ``labels`` rows: spread over the file if it is seekable."""
+def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int) -> np.ndarray:
+    """Log-probabilities of up to ``labels`` rows spread over a seekable source."""
     e_count, n, c = src.shape
     total = e_count * n
-    if not src.seekable:
-        rows, got = [], 0
-        for _, _, block in first or []:
-            rows.append(block[: labels - got])
-            got += len(rows[-1])
-        return to_logp(np.concatenate(rows), source, temperature)
     if labels >= total:
         out = []
         for e, s, block in src.blocks(4096):
@@ -172,6 +165,14 @@ class Extras:
         return extra_bytes(self.before) + sum(extra_bytes({}, size) for size, _ in self.after.values())
 
 
+def carried_extras(src: LabelSource) -> Extras:
+    """Recompressing an ``.slc`` keeps its replay sections, so the result still replays crops."""
+    if not isinstance(src, SlcSource):
+        return Extras()
+    before, after = src.carried()
+    return Extras(before, {name: (size, lambda name=name: src.section_parts(name)) for name, size in after.items()})
+
+
 def input_identity(src: LabelSource) -> dict:
     """Enough to notice a changed input file between a run and its ``--resume``."""
     name = src.name.partition(":")[0]
@@ -199,7 +200,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     """
     src = open_labels(labels)
     out = os.fspath(out)
-    extras = extras or Extras()
+    extras = extras or carried_extras(src)
     e_count, n, c = src.shape
     if not (math.isfinite(temperature) and temperature > 0):
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")
@@ -227,37 +228,46 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             plan = Plan(enc.name, header.codec_params, 0, dense_bytes(e_count * n, c), ["resumed"])
             done = len(r.entries)
             blocks = src.blocks(chunk_size, done)
-            first: list[tuple[int, int, np.ndarray]] = []
+            first = []
             w = target.open()
             if progress and done:
                 labels_done = sum(e.count for e in r.entries)
                 progress(labels_done, w._pos, labels_done * c * 2)
         else:
-            # the first blocks decide the source kind and feed stream-only sources' fit sample
+            # the first blocks decide the source kind; a stream's are also its fit sample, kept once,
+            # as the log-probabilities the write loop needs anyway (so memory is 1x the sample)
             blocks = src.blocks(chunk_size)
-            first = []
             needs_fit = codec in ("auto", "vqae", "vqae-paper")
             want = min(fit_labels, e_count * n) if needs_fit and not src.seekable else 1
-            got = 0
-            for item in blocks:
-                first.append(item)
-                got += len(item[2])
+            head = np.empty((want + chunk_size, c), np.float32) if want > 1 else None
+            first, got = [], 0
+            for e, s, block in blocks:
+                if not first:
+                    kind = detect_source(block) if source == "auto" else source  # type: ignore[assignment]
+                check_block(block, kind, e * n + s)
+                lp = None
+                if head is not None:
+                    lp = head[got:got + len(block)]
+                    lp[:] = to_logp(block, kind, temperature)
+                    block = None  # type: ignore[assignment]
+                first.append((e, s, block, lp))
+                got += len(first[-1][3] if lp is not None else block)
                 if got >= want:
                     break
-            kind = detect_source(first[0][2]) if source == "auto" else source  # type: ignore[assignment]
-            for e, s, block in first:
-                check_block(block, kind, e * n + s)
             plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extras.bytes())
             for line in plan.why:
                 log(f"plan: {line}")
-            logp = fit_sample(src, kind, temperature, min(fit_labels, e_count * n), seed, first) if needs_fit else None
+            logp = None
+            if needs_fit:
+                logp = head[:want] if head is not None else fit_sample(src, kind, temperature,
+                                                                       min(fit_labels, e_count * n), seed)
             if codec == "auto":
                 enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config,
                                         fit_progress, log, extras.bytes())
             else:
                 enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
                                   fit_progress)
-            del logp
+            del logp, head
             if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
                 raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this "
                                     f"codec, got {chunk_size}")
@@ -280,19 +290,23 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             import zstandard
 
             compressor = zstandard.ZstdCompressor(level=19)
-        for i, (e, s, block) in enumerate(itertools.chain(first, blocks), start=done):
+        rest = ((e, s, block, None) for e, s, block in blocks)
+        for i, (e, s, block, lp) in enumerate(itertools.chain(first, rest), start=done):
             if (e, s) != (i // per_epoch, i % per_epoch * chunk_size):  # a source must tile in order
                 raise SlcInputError(f"expected block {i} at epoch {i // per_epoch}, got epoch {e} sample {s}")
-            check_block(block, kind, e * n + s)
-            raw = enc.encode(to_logp(block, kind, temperature))
+            if lp is None:
+                check_block(block, kind, e * n + s)
+                lp = to_logp(block, kind, temperature)
+            count = len(lp)
+            raw = enc.encode(lp)
             encoding, payload = ENCODING_RAW, raw
             if compressor is not None:
                 z = compressor.compress(raw)
                 if len(z) < len(raw):
                     encoding, payload = ENCODING_ZSTD, z
-            target.chunk_done(w.add_chunk(e, s, len(block), payload, len(raw), encoding))
+            target.chunk_done(w.add_chunk(e, s, count, payload, len(raw), encoding))
             if progress:
-                progress(len(block), w._pos, (e * n + s + len(block)) * c * 2)  # dense fp16 bytes so far
+                progress(count, w._pos, (e * n + s + count) * c * 2)  # dense fp16 bytes so far
         w.end_chunks()
         for name, (size, parts) in extras.after.items():
             w.add_section_stream(name, parts(), required=False)

@@ -27,7 +27,7 @@ from .errors import SlcFormatError, expect
 
 MAGIC = b"\x89SLC\r\n\x1a\n"  # PNG-style: catches 7-bit and newline-mangling transfers
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 ALIGN = 64  # sections start on 64-byte boundaries so they can be memory-mapped
 
 PREAMBLE = struct.Struct("<8sHHIQQI24sI")  # 64 bytes

@@ -15,10 +15,11 @@ def fidelity_against(f: SlcFile, spec: str) -> dict:
         if tuple(src.shape) != f.shape:
             raise SlcInputError(f"expected original labels of shape {f.shape}, got {tuple(src.shape)} in {spec}")
         meter = Fidelity()
+        kind = getattr(src, "kind", f.header.source)  # an .slc reference decodes to logits
         for e, s, dec in f.iter_chunks():
             ref = src.read(e, s, s + len(dec))
-            check_block(ref, f.header.source, e * f.header.samples + s)
-            meter.update(to_logp(ref, f.header.source, f.temperature), dec)
+            check_block(ref, kind, e * f.header.samples + s)
+            meter.update(to_logp(ref, kind, f.temperature), dec)
         return meter.result()
     finally:
         src.close()

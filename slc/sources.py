@@ -134,8 +134,46 @@ class H5Source(LabelSource):
         self.h5.close()
 
 
+class SlcSource(LabelSource):
+    """The labels of another ``.slc`` (e.g. a dense fp16 one from ``slc encode``), as logits.
+
+    Recompressing keeps its optional sections (crop replay, image fingerprints): see :meth:`carried`.
+    """
+
+    kind = "logits"
+
+    def __init__(self, path: str):
+        from .reader import open_slc
+
+        self.f = open_slc(path)
+        self.name, self.dtype, self.shape = path, np.dtype(np.float32), self.f.shape
+
+    def read(self, epoch, start, stop):
+        return self.f.decode(epoch, start, stop, out="logits")
+
+    def carried(self) -> tuple[dict[str, bytes], dict[str, int]]:
+        """Optional sections to copy: small ones whole (before the chunks), large ones by size (after)."""
+        before, after = {}, {}
+        for name, sec in self.f.layout.sections.items():
+            if sec.required or name in ("header", "index", "chunks"):
+                continue
+            if sec.length <= 1 << 24:
+                before[name] = self.f.section(name, 1 << 24)
+            else:
+                after[name] = sec.length
+        return before, after
+
+    def section_parts(self, name: str, block: int = 1 << 22):
+        size = self.f.layout.sections[name].length
+        for a in range(0, size, block):
+            yield self.f.section_range(name, a, min(block, size - a))
+
+    def close(self):
+        self.f.close()
+
+
 def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource") -> LabelSource:
-    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), ``-`` for an npy stream on stdin, or an array."""
+    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), ``path.slc``, ``-`` for an npy stream on stdin, or an array."""
     if isinstance(spec, LabelSource):
         return spec
     if isinstance(spec, np.ndarray):
@@ -152,4 +190,7 @@ def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource") -> LabelSo
         raise SlcInputError(f"expected an existing labels file, got {spec!r} (no such file)")
     if spec.lower().endswith((".h5", ".hdf5")):
         raise SlcInputError(f"expected FILE.h5:/DATASET for HDF5 input, got {spec!r}")
+    with open(spec, "rb") as f:
+        if f.read(4) == b"\x89SLC":
+            return SlcSource(spec)
     return NpySource(open(spec, "rb"), spec)

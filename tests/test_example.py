@@ -17,10 +17,16 @@ def test_quickstart_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "epoch 0 streamed through a pipe: 500 labels x 1000 classes" in p.stdout
     assert f"OK {tmp_path}/labels.slc: 8,000 labels" in p.stdout
+    # the Python API replays the teacher's crops: the teacher on them gives the stored (fp16) labels back
+    line = next(x for x in p.stdout.splitlines() if x.startswith("replay check"))
+    kl = float(line.split("KL ")[1].split(",")[0])
+    assert kl < 1e-5 and "top-1 agreement 100.0%" in line, line
+    assert p.stdout.count("epoch 0: KL loss") == 2
     info = json.loads(subprocess.run([sys.executable, "-m", "slc", "inspect", str(tmp_path / "labels.slc"), "--json",
-                                      "--against", str(tmp_path / "logits.npy")], capture_output=True,
+                                      "--against", str(tmp_path / "labels-fp16.slc")], capture_output=True,
                                      check=True).stdout)
-    assert info["classes"] == 1000 and info["temperature"] == 4.0
+    assert info["classes"] == 1000 and info["temperature"] == 4.0 and info["epochs"] == 16
     assert info["ratio_vs_fp16"] >= 40
-    # real teacher labels at T=4, 40x: the auto codec keeps KL far below top-k's (~0.37 here)
+    assert {r["section"] for r in info["sections"]} >= {"replay", "images.fp"}  # recompressing kept them
+    # real teacher labels at T=4, 40x: the auto codec keeps KL far below top-k's (~0.39 here)
     assert info["fidelity"]["kl"] < 0.25
