@@ -28,6 +28,7 @@ def atomic_output(path: str, force: bool = False) -> Iterator[BinaryIO]:
     check_output(path, force)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the permissions open() would
     try:
         with os.fdopen(fd, "w+b") as f:
             yield f
@@ -51,3 +52,9 @@ def fsync_folder(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

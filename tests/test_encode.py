@@ -143,7 +143,7 @@ def test_api_encode_fit_on_random_and_vqae(tmp_path):
 
 
 def test_sigkill_then_resume_is_byte_identical(tmp_path, teacher):
-    args = [teacher, SUBSET, "--epochs", "12", *SMALL, "--codec", "topk", "--ratio", "3", "--chunk-size", "250",
+    args = [teacher, SUBSET, "--epochs", "8", *SMALL, "--codec", "topk", "--ratio", "3", "--chunk-size", "250",
             "--invert", "-q"]
     whole = tmp_path / "whole.slc"
     run_slc("encode", *args, "-o", whole, check=True)
@@ -156,7 +156,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, teacher):
             start = journal.stat().st_size if journal.exists() else 200
             p = subprocess.Popen([sys.executable, "-m", "slc", "encode", *map(str, args), "-o", str(out), "--resume"],
                                  stderr=subprocess.PIPE)
-            want = int(rng.integers(0, 10))  # more chunks to wait for (0: during setup, before any chunk)
+            want = int(rng.integers(0, 6))  # more chunks to wait for (0: during setup, before any chunk)
             t0 = time.monotonic()
             while p.poll() is None and time.monotonic() - t0 < 60:
                 if journal.exists() and journal.stat().st_size >= start + want * 48:
@@ -180,7 +180,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, teacher):
 
 def test_sigterm_keeps_a_resumable_partial(tmp_path, teacher):
     out = tmp_path / "t.slc"
-    args = ["encode", teacher, SUBSET, "-o", out, "--epochs", "40", *SMALL, "--codec", "fp16", "--chunk-size", "100"]
+    args = ["encode", teacher, SUBSET, "-o", out, "--epochs", "12", *SMALL, "--codec", "fp16", "--chunk-size", "100"]
     p = subprocess.Popen([sys.executable, "-m", "slc", *map(str, args)], stderr=subprocess.PIPE)
     journal = tmp_path / "t.slc.journal"
     while p.poll() is None and not (journal.exists() and journal.stat().st_size > 300):
@@ -258,3 +258,28 @@ def test_full_disk_is_a_clear_error_with_no_partial_file(tmp_path, teacher):
                         *SMALL, "--codec", "fp32", "-q"], capture_output=True, preexec_fn=limit)
     one_line_error(p, "File too large")
     assert os.listdir(tmp_path) == []
+
+
+def test_golden_v1_1_replay_file():
+    """Pinned bytes of format 1.1: labels, recipe, fingerprints and stored boxes keep reading the same."""
+    from slc.augment import crop_boxes, epoch_order
+    from slc.dataset import read_replay
+    from slc.replay import BOXES
+
+    golden = os.path.join(ROOT, "tests", "golden")
+    path = os.path.join(golden, "v1.1-replay.slc")
+    with slc.open_slc(path) as f:
+        f.verify()
+        assert (f.layout.major, f.layout.minor) == (1, 1) and f.shape == (2, 12, 10)
+        got = np.stack([f.decode(e) for e in range(2)])
+        info = read_replay(f)
+        stored = np.frombuffer(f.section_range(BOXES, 0, 2 * 12 * 10), "u1").copy()
+    np.testing.assert_array_equal(got, np.load(os.path.join(golden, "v1.1-replay.expected.npy")))
+    r = info.recipe
+    assert (r.seed, r.size, r.mix, r.mix_group, r.boxes, r.invert) == (7, 16, "cutmix", 4, "stored", True)
+    # the stored boxes are exactly what the seed gives: the RNG and box rules are pinned by this file
+    sizes = np.full((12, 2), 28)
+    fresh = b"".join(crop_boxes(r, e, epoch_order(r, e, 12), sizes).tobytes() for e in range(2))
+    assert fresh == stored.tobytes()
+    ds = SoftLabelDataset(path, os.path.join(golden, "v1.1-images.npy"))
+    assert len(ds) == 24 and ds[23][0].shape == (3, 16, 16)

@@ -1,6 +1,7 @@
-"""Regenerate the golden v1.0 top-k file. Run once from the repository root; commit the outputs.
+"""Regenerate a golden file. Run once from the repository root; commit the outputs.
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py v1.0    # only with a 0.1.x writer: it writes format 1.0
+    python tests/golden/make_golden.py v1.1    # the replay sections of `slc encode`
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -16,7 +17,7 @@ from slc.sources import open_labels
 HERE = Path(__file__).parent
 
 
-def main() -> None:
+def make_v1_0() -> None:
     rng = np.random.default_rng(20261128)
     logits = (rng.normal(size=(2, 21, 10)) * 2.0).astype(np.float32)  # 21 = 8 + 8 + 5: a short last chunk
     np.save(HERE / "v1.0-topk.input.npy", logits)
@@ -33,5 +34,29 @@ def main() -> None:
     print(f"wrote {out} ({out.stat().st_size} bytes) and expected {expected.shape}")
 
 
+def make_v1_1() -> None:
+    """12 real images, a tiny seeded teacher, cutmix groups of 4 and stored boxes: every replay section."""
+    import torch
+
+    from slc.augment import Recipe
+
+    images = np.load(HERE.parent.parent / "examples" / "data" / "fmnist_subset.npz")["images"][:12]
+    np.save(HERE / "v1.1-images.npy", images)
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+    recipe = Recipe(seed=7, size=16, mean=(0.5,) * 3, std=(0.5,) * 3, invert=True, mix="cutmix", mix_group=4,
+                    boxes="stored")
+    out = HERE / "v1.1-replay.slc"
+    slc.encode(teacher, str(HERE / "v1.1-images.npy"), out, recipe=recipe, epochs=2, batch_size=4, codec="topk", k=3,
+               temperature=2.0, chunk_size=8, force=True)
+    with slc.open_slc(out) as f:
+        f.verify()
+        np.save(HERE / "v1.1-replay.expected.npy", np.stack([f.decode(e) for e in range(2)]))
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    {"v1.0": make_v1_0, "v1.1": make_v1_1}[sys.argv[1] if len(sys.argv) > 1 else "v1.1"]()
