@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from slc.augment import Recipe, render  # noqa: E402
 from slc.dataset import CropDataset  # noqa: E402
-from slc.encode import encode, model_fingerprint  # noqa: E402
+from slc.encode import ENCODE_FIT_LABELS, encode, model_fingerprint  # noqa: E402
 from slc.images import open_images  # noqa: E402
 from slc.teacher import load_teacher  # noqa: E402
 
@@ -473,7 +473,7 @@ def main() -> None:
                 lo, hi = min(rss_epochs), max(rss_epochs)
                 diff = got[hi]["peak_mb"] - got[lo]["peak_mb"]
                 fitted = c in ("auto", "vqae", "vqae-paper")
-                sample = (f"; codec fit on {min(65536, lo * args.rss_images):,} / {min(65536, hi * args.rss_images):,}"
+                sample = (f"; codec fit on {min(ENCODE_FIT_LABELS, lo * args.rss_images):,} / {min(ENCODE_FIT_LABELS, hi * args.rss_images):,}"
                           " labels" if fitted else "; no fit")
                 rows.append((f"`slc encode` peak RSS, codec {c}, {args.rss_images:,} images x {lo} / {hi} epochs "
                              f"({args.rss_size} px, {t_name}{sample})",

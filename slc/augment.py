@@ -6,6 +6,7 @@ the seed in the header with zero stored bytes, in any order, in any worker proce
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -219,22 +220,30 @@ def render(image: np.ndarray, box, recipe: Recipe) -> torch.Tensor:
 
     One fixed sequence of torch ops, used by both the teacher and the student side, so a
     replayed crop equals the teacher's bit for bit on the same machine and torch version.
+    Bilinear resizing is antialiased only when the crop is larger than the output (downscaling).
     """
     y, x, h, w, flip = int(box["y"]), int(box["x"]), int(box["h"]), int(box["w"]), bool(box["flip"])
     t = torch.from_numpy(np.array(image[y:y + h, x:x + w], copy=True)).permute(2, 0, 1)[None].float()
-    if recipe.invert:
-        t = 255.0 - t
     s = recipe.size
     if (h, w) != (s, s):
-        t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=h > s or w > s)
     if flip:
         t = t.flip(-1)
     t = t[0]
     if t.shape[0] != recipe.channels:
         t = t.expand(recipe.channels, -1, -1) if t.shape[0] == 1 else t.mean(0, keepdim=True)
-    mean = torch.tensor(recipe.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(recipe.std, dtype=torch.float32)[:, None, None]
-    return ((t / 255.0 - mean) / std).contiguous()
+    scale, shift = _affine(recipe.mean, recipe.std, recipe.invert)
+    return torch.addcmul(shift, t, scale)  # (t / 255 - mean) / std, or with 255 - t when inverting
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], invert: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale, shift`` with ``scale * pixel + shift`` = the normalised (inverted) pixel."""
+    m = torch.tensor(mean, dtype=torch.float64)[:, None, None]
+    sd = torch.tensor(std, dtype=torch.float64)[:, None, None]
+    scale = (-1.0 if invert else 1.0) / (255.0 * sd)
+    shift = ((1.0 if invert else 0.0) - m) / sd
+    return scale.float(), shift.float()
 
 
 def apply_mix(own: torch.Tensor, other: torch.Tensor, mix: Mix, kind: str) -> torch.Tensor:

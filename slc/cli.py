@@ -78,7 +78,8 @@ def codec_options(fn):
         click.option("--zstd", is_flag=True, help="zstd-code each chunk (kept only where it saves bytes)."),
         click.option("--tensor-dtype", type=click.Choice(["fp16", "fp32"]),
                      help="Codebook/decoder precision [default: fp16; fp32 for vqae-paper]."),
-        click.option("--fit-labels", type=int, default=65536, show_default=True, help="Labels sampled to fit the codec."),
+        click.option("--fit-labels", type=int, help="Labels sampled to fit the codec [default: 65,536 for compress; "
+                     "16,384 for encode, which holds them in memory while the teacher streams on]."),
         click.option("--fit-steps", type=int, help="Optimizer steps when fitting a VQAE."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seeds the fit sample (and, for encode, every crop, order and mix)."),
@@ -99,10 +100,13 @@ def codec_kwargs(codec, temperature, ratio, budget, k, dc, dh, chunk_size, zstd,
     fit_config = None
     if fit_steps is not None:
         fit_config = FitConfig.paper(steps=fit_steps) if codec == "vqae-paper" else FitConfig(steps=fit_steps)
-    return dict(codec=codec, temperature=temperature, ratio=ratio, budget=parse_size(budget) if budget else None,
-                k=k, dc=dc, dh=dh, chunk_size=chunk_size, zstd=zstd,
-                tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype], fit_labels=fit_labels,
-                fit_config=fit_config, force=force, resume=resume)
+    kw = dict(codec=codec, temperature=temperature, ratio=ratio, budget=parse_size(budget) if budget else None,
+              k=k, dc=dc, dh=dh, chunk_size=chunk_size, zstd=zstd,
+              tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype],
+              fit_config=fit_config, force=force, resume=resume)
+    if fit_labels is not None:
+        kw["fit_labels"] = fit_labels
+    return kw
 
 
 class Reporter:
