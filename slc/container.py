@@ -27,7 +27,8 @@ from .errors import SlcFormatError, expect
 
 MAGIC = b"\x89SLC\r\n\x1a\n"  # PNG-style: catches 7-bit and newline-mangling transfers
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+FORMAT_MINOR = 1  # the newest minor version this code reads and writes
+SECTIONS_1_1 = ("replay", "images.fp", "crops.boxes")
 ALIGN = 64  # sections start on 64-byte boundaries so they can be memory-mapped
 
 PREAMBLE = struct.Struct("<8sHHIQQI24sI")  # 64 bytes
@@ -311,7 +312,9 @@ class ContainerWriter:
                          for s in self.sections)
         self.f.write(table)
         length = table_off + len(table)
-        head = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(self.sections), table_off, length,
+        # the lowest minor version whose features the file uses (spec: stability policy)
+        minor = 1 if any(s.name in SECTIONS_1_1 for s in self.sections) else 0
+        head = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, minor, len(self.sections), table_off, length,
                              crc32(table), bytes(24), 0)
         head = head[:60] + struct.pack("<I", crc32(head[:60]))
         self.f.seek(0)
