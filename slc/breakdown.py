@@ -23,7 +23,16 @@ def breakdown(f: SlcFile) -> dict:
     fp16 = dense_bytes(labels, h.classes, 2)
     topk_k = max((k for k in range(1, h.classes) if paper_topk_bytes(labels, h.classes, k) <= size), default=0)
     pca_k = max((k for k in range(1, h.classes) if paper_pca_bytes(labels, h.classes, k) <= size), default=0)
+    replay = None
+    if "replay" in f.layout.sections:
+        from .dataset import read_replay
+
+        info = read_replay(f)
+        boxes = f.layout.sections.get("crops.boxes")
+        replay = {"recipe": info.recipe.to_json(), "images": info.images, "digest": info.digest,
+                  "source": info.source, "box_bytes_per_label": boxes.length / labels if boxes else 0.0}
     return {
+        "replay": replay,
         "path": f.path, "format_version": f"{f.layout.major}.{f.layout.minor}", "writer": h.writer,
         "codec": h.codec, "codec_params": {k: v for k, v in h.codec_params.items() if k != "fit"},
         "fit": h.codec_params.get("fit", {}),

@@ -349,6 +349,14 @@ def inspect(file, against, as_json):
     con.print(f"{info['epochs']} epochs x {info['samples']} samples x {info['classes']} classes "
               f"= {info['labels']:,} labels from {info['source']} at T={info['temperature']:g}; "
               f"codec {info['codec']} ({p}); {info['chunks']} chunks of {info['chunk_size']}, entropy {info['entropy']}")
+    if info["replay"]:
+        rp, r = info["replay"], info["replay"]["recipe"]
+        how = (f"stored boxes, {rp['box_bytes_per_label']:.0f} B/label" if r["boxes"] == "stored"
+               else "recomputed from the seed, 0 B/label")
+        mix = f", {r['mix']} in groups of {r['mix_group']}" if r["mix"] != "none" else ""
+        con.print(f"crops: {rp['images']} images ({rp['source']}), RandomResizedCrop {r['size']}px scale "
+                  f"{r['scale'][0]:g}-{r['scale'][1]:g}, flip {r['flip']:g}{mix}, {r['order']} order, seed "
+                  f"{r['seed']}: {how}")
     t = Table(title="bytes by section")
     t.add_column("section")
     t.add_column("bytes", justify="right")
