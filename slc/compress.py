@@ -224,6 +224,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             tensors = {name: np.frombuffer(r.data[name], np.dtype(spec["dtype"])).reshape(spec["shape"])
                        for name, spec in header.tensors.items()}
             enc = codec_class(header.codec).from_file(header.codec_params, tensors, c)
+            if r.state:
+                enc.restore_encoder_state(r.state)
             kind: Source = header.source  # type: ignore[assignment]
             plan = Plan(enc.name, header.codec_params, 0, dense_bytes(e_count * n, c), ["resumed"])
             done = len(r.entries)
@@ -282,7 +284,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             for name, data in extras.before.items():
                 w.add_section(name, data, required=False)
             w.begin_chunks()
-            target.chunks_begun()
+            target.chunks_begun(enc.encoder_state())
             done = 0
 
         compressor = None

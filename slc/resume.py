@@ -33,6 +33,11 @@ def journal_path(out: str) -> str:
     return out + ".journal"
 
 
+def state_path(out: str) -> str:
+    """Codec arrays the file does not store (a VQAE's encoder), as an ``.npz`` read without pickle."""
+    return out + ".journal.npz"
+
+
 @dataclass
 class Resumed:
     """What survives of an interrupted run."""
@@ -42,6 +47,7 @@ class Resumed:
     entries: list[ChunkEntry]
     chunks_crc: int
     data: dict[str, bytes]  # bodies of the sections above
+    state: dict  # codec arrays kept beside the partial file (see ``state_path``)
 
 
 class ResumableOutput:
@@ -54,7 +60,7 @@ class ResumableOutput:
     def __init__(self, out: str, request: dict, *, force: bool = False, resume: bool = False,
                  log: Callable[[str], None] | None = None):
         self.out, self.request = out, json.loads(json.dumps(request))  # normalise tuples etc.
-        self.partial, self.journal = partial_path(out), journal_path(out)
+        self.partial, self.journal, self.state = partial_path(out), journal_path(out), state_path(out)
         self.log = log or (lambda line: None)
         self.resumed: Resumed | None = None
         self.writer: ContainerWriter | None = None
@@ -62,7 +68,7 @@ class ResumableOutput:
         self._j: BinaryIO | None = None
         self._last_sync = time.monotonic()
         check_output(out, force)
-        leftover = os.path.exists(self.partial) or os.path.exists(self.journal)
+        leftover = any(os.path.exists(p) for p in (self.partial, self.journal, self.state))
         if leftover and not resume and not force:
             raise SlcInputError(f"expected no interrupted run at {out}, got {self.partial}; pass --resume to "
                                 "continue it or --force to start over")
@@ -114,8 +120,18 @@ class ResumableOutput:
                 entries.append(e)
                 crc = crc32(payload, crc)
                 pos += e.stored_length
+        state = {}
+        if os.path.exists(self.state):
+            import numpy as np
+
+            try:
+                with np.load(self.state, allow_pickle=False) as z:
+                    state = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as e:
+                raise SlcInputError(f"expected a readable {self.state} to resume, got {e}; pass --force to start "
+                                    "over") from None
         self.log(f"resume: {len(entries)} finished chunks in {self.partial} ({chunks_start + pos:,} bytes)")
-        return Resumed(sections, chunks_start, entries, crc, data)
+        return Resumed(sections, chunks_start, entries, crc, data, state)
 
     def _check_request(self, old: dict) -> None:
         then, now = _flat(old), _flat(self.request)
@@ -138,8 +154,9 @@ class ResumableOutput:
             self._j.seek(head_len + CHUNK.size * len(r.entries))
             self._j.truncate()
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.journal)
+            for p in (self.journal, self.state):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
             self.writer = ContainerWriter(self._f)
         return self.writer
 
@@ -155,12 +172,23 @@ class ResumableOutput:
             raise SlcInputError(f"expected no other slc writing {self.partial}, got it locked by another process") \
                 from None
 
-    def chunks_begun(self) -> None:
-        """Call after the sections before the chunks and ``begin_chunks``: the setup is now durable."""
+    def chunks_begun(self, state: dict | None = None) -> None:
+        """Call after the sections before the chunks and ``begin_chunks``: the setup is now durable.
+
+        ``state``: arrays the codec needs to go on encoding that the file does not hold.
+        """
         w = self.writer
         assert w is not None and w._chunks_start is not None and self._f is not None
         self._f.flush()
         os.fsync(self._f.fileno())
+        if state:
+            import numpy as np
+
+            tmp = self.state + ".tmp.npz"
+            np.savez(tmp, **state)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state)
         head = {"slc_journal": JOURNAL_VERSION, "request": self.request, "chunks_start": w._chunks_start,
                 "sections": [[s.name, s.offset, s.length, s.crc, s.flags] for s in w.sections]}
         tmp = self.journal + ".tmp"
@@ -192,8 +220,9 @@ class ResumableOutput:
             raise SlcInputError(f"output exists: {self.out} (use --force to overwrite)")
         os.replace(self.partial, self.out)
         self._close_journal()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.journal)
+        for p in (self.journal, self.state):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
         fsync_folder(self.out)
 
     def _close_journal(self) -> None:
@@ -217,7 +246,7 @@ class ResumableOutput:
                 os.fsync(self._j.fileno())
         self._close_journal()
         if not keep:
-            for p in (self.partial, self.journal, self.journal + ".tmp"):
+            for p in (self.partial, self.journal, self.journal + ".tmp", self.state, self.state + ".tmp.npz"):
                 with contextlib.suppress(OSError):
                     os.unlink(p)
 

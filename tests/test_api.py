@@ -105,3 +105,29 @@ def test_bytes_do_not_depend_on_torch_threads(tmp_path, z):
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / "t1.slc").read_bytes() == (tmp_path / "t2.slc").read_bytes()
+
+
+def test_compress_resume_after_interrupt_is_byte_identical(tmp_path, z):
+    npy = tmp_path / "z.npy"
+    np.save(npy, z)
+    whole = tmp_path / "whole.slc"
+    slc.compress(str(npy), whole, codec="vqae", ratio=6, chunk_size=200, fit_config=FAST)
+    out = tmp_path / "r.slc"
+    calls = []
+
+    def stop_after_three(count, written, dense):
+        calls.append(count)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        slc.compress(str(npy), out, codec="vqae", ratio=6, chunk_size=200, fit_config=FAST, resume=True,
+                     progress=stop_after_three)
+    assert "--resume" in info.value.slc_hint and not out.exists()
+    with pytest.raises(slc.SlcInputError, match="ratio"):
+        slc.compress(str(npy), out, codec="vqae", ratio=7, chunk_size=200, fit_config=FAST, resume=True)
+    logs = []
+    slc.compress(str(npy), out, codec="vqae", ratio=6, chunk_size=200, fit_config=FAST, resume=True, log=logs.append)
+    assert any("3 finished chunks" in line for line in logs)
+    assert out.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.slc", "whole.slc", "z.npy"]

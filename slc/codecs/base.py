@@ -40,6 +40,13 @@ class Codec(ABC):
         """Floats a decode allocates per label; readers bound ``chunk_size`` times this."""
         return self.classes
 
+    def encoder_state(self) -> dict[str, np.ndarray]:
+        """Arrays encoding needs that the file does not store (kept by ``--resume`` beside the partial file)."""
+        return {}
+
+    def restore_encoder_state(self, state: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`encoder_state`, for a codec rebuilt with :meth:`from_file`."""
+
     @abstractmethod
     def encode(self, logp: np.ndarray) -> bytes: ...
 

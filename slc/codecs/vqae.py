@@ -87,6 +87,16 @@ class VQAECodec(Codec):
         return cls(classes, p["k"], p["dc"], p["dh"], p["domain"], float(p["eps"]), tensors["vqae.codebook"],
                    tensors["vqae.decoder"], tensors.get("vqae.bias"), p["dtype"])
 
+    def encoder_state(self) -> dict[str, np.ndarray]:
+        return {} if self.encoder is None else {"encoder.weight": self.encoder[0].numpy(),
+                                                "encoder.bias": self.encoder[1].numpy()}
+
+    def restore_encoder_state(self, state: dict[str, np.ndarray]) -> None:
+        w, b = state["encoder.weight"], state["encoder.bias"]
+        if w.shape != (self.dh, self.classes) or b.shape != (self.dh,):
+            raise SlcFormatError(f"expected a ({self.dh}, {self.classes}) encoder, got {w.shape}")
+        self.encoder = (torch.from_numpy(np.asarray(w, np.float32)), torch.from_numpy(np.asarray(b, np.float32)))
+
     # ---------------------------------------------------------------- coding
     def payload_size(self, n: int) -> int:
         return packed_size(n * self.m, self.bits)
