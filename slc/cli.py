@@ -265,6 +265,9 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
         kw = json.loads(factory_kwargs) if factory_kwargs else None
     except ValueError as e:
         raise click.ClickException(f"expected JSON for --factory-kwargs, got {factory_kwargs!r} ({e})") from None
+    from .resume import preflight
+
+    preflight(output, kwargs["force"], kwargs["resume"])  # an existing output fails now, not after the image scan
     # images first: a bad folder fails in a second, before a large teacher is loaded
     imgs = open_images(images, skip_bad=skip_bad, log=rep.log)
     model = load_teacher(teacher, weights=weights, trust_pickle=trust_pickle, factory_kwargs=kw, log=rep.log)

@@ -19,6 +19,7 @@ from .compress import CompressResult, Extras, compress
 from .dataset import CropDataset
 from .errors import SlcInputError
 from .images import ImageSet, open_images
+from .resume import preflight
 from .replay import BOXES, ReplayInfo, boxes_bytes, replay_sections, stored_boxes
 from .sources import LabelSource
 from .teacher import resolve_device, teacher_forward
@@ -135,6 +136,7 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
     """
     recipe = recipe or Recipe()
     log = log or (lambda line: None)
+    preflight(os.fspath(out), force, resume)  # before the images are scanned and the teacher runs
     if epochs < 1:
         raise SlcInputError(f"expected epochs >= 1, got {epochs}")
     if fit_on not in FIT_ON:

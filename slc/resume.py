@@ -38,6 +38,16 @@ def state_path(out: str) -> str:
     return out + ".journal.npz"
 
 
+def preflight(out: str, force: bool, resume: bool) -> bool:
+    """Fail before any work if ``out`` cannot be written; return whether an interrupted run is there."""
+    check_output(out, force)
+    leftover = any(os.path.exists(p) for p in (partial_path(out), journal_path(out), state_path(out)))
+    if leftover and not resume and not force:
+        raise SlcInputError(f"expected no interrupted run at {out}, got {partial_path(out)}; pass --resume to "
+                            "continue it or --force to start over")
+    return leftover
+
+
 @dataclass
 class Resumed:
     """What survives of an interrupted run."""
@@ -67,11 +77,7 @@ class ResumableOutput:
         self._f: BinaryIO | None = None
         self._j: BinaryIO | None = None
         self._last_sync = time.monotonic()
-        check_output(out, force)
-        leftover = any(os.path.exists(p) for p in (self.partial, self.journal, self.state))
-        if leftover and not resume and not force:
-            raise SlcInputError(f"expected no interrupted run at {out}, got {self.partial}; pass --resume to "
-                                "continue it or --force to start over")
+        leftover = preflight(out, force, resume)
         if resume and leftover:
             self.resumed = self._load()
             if self.resumed is None:
