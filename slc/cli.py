@@ -291,6 +291,69 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
                f"({epochs} epochs x {len(imgs)} images, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
 
 
+# --------------------------------------------------------------------------- train-student
+@cli.command("train-student")
+@click.argument("images")
+@click.argument("labels", type=click.Path(dir_okay=False))
+@click.option("-o", "--out-dir", required=True, help="Folder for student.pt, student.ts, log.jsonl, result.json.")
+@click.option("--student", default="convnet", show_default=True,
+              help="resnet18, resnet18-small, convnet, mobilenet, a TorchScript file or package.module:factory.")
+@click.option("--epochs", type=int, help="Training epochs [default: the stored epochs; more cycle through them].")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine schedule).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("-T", "--temperature", type=float, help="Distillation temperature [default: the file's].")
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val", help="ImageFolder with ground-truth classes: top-1/top-5 accuracy.")
+@click.option("--teacher", help="TorchScript teacher: agreement and KL to it on --heldout images.")
+@click.option("--heldout", help="Held-out images for --teacher.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite outputs in --out-dir.")
+@click.option("-q", "--quiet", is_flag=True)
+@handle_errors
+def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weight_decay, temperature, workers,
+                  device, seed, val, teacher, heldout, as_json, force, quiet):
+    """Train a student from IMAGES plus the soft labels in LABELS (an .slc made by `slc encode`).
+
+    Every epoch replays the teacher's crops exactly and decodes labels on the fly.
+
+    \b
+    Example:
+        slc train-student images/ labels.slc -o runs/40x --student resnet18-small --val val/
+    """
+    from .train import TrainConfig, train_student as run
+
+    rep = Reporter(quiet)
+    cfg = TrainConfig(student, epochs, batch_size, lr, weight_decay, temperature, workers, device, seed)
+
+    def progress(n, loss, total):
+        if not quiet:
+            b = rep.bar("train", total, "img")
+            b.update(n)
+            b.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    try:
+        result = run(labels, images, out_dir, cfg, val=val, teacher=teacher, heldout=heldout, force=force,
+                     log=rep.log, progress=progress)
+    finally:
+        rep.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"student {student} on {labels} (T={result['temperature']:g}, {result['epochs']} epochs)")
+    for col in ("final loss", "val top-1", "val top-5", "teacher agreement", "KL to teacher"):
+        t.add_column(col, justify="right")
+    v, h = result.get("val", {}), result.get("heldout", {})
+    pct = lambda d, k: f"{100 * d[k]:.2f}%" if k in d else "-"  # noqa: E731
+    t.add_row(f"{result['final_loss']:.4f}", pct(v, "top1"), pct(v, "top5"), pct(h, "teacher_agreement"),
+              f"{h['kl_to_teacher']:.4f}" if "kl_to_teacher" in h else "-")
+    console().print(t)
+
+
 # --------------------------------------------------------------------------- decode
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
