@@ -306,6 +306,7 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hard", is_flag=True, help="Train on the labels' argmax with cross-entropy: the hard-label floor.")
 @click.option("--val", help="ImageFolder with ground-truth classes: top-1/top-5 accuracy.")
 @click.option("--teacher", help="TorchScript teacher: agreement and KL to it on --heldout images.")
 @click.option("--heldout", help="Held-out images for --teacher.")
@@ -314,7 +315,7 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weight_decay, temperature, workers,
-                  device, seed, val, teacher, heldout, as_json, force, quiet):
+                  device, seed, hard, val, teacher, heldout, as_json, force, quiet):
     """Train a student from IMAGES plus the soft labels in LABELS (an .slc made by `slc encode`).
 
     Every epoch replays the teacher's crops exactly and decodes labels on the fly.
@@ -326,7 +327,7 @@ def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weig
     from .train import TrainConfig, train_student as run
 
     rep = Reporter(quiet)
-    cfg = TrainConfig(student, epochs, batch_size, lr, weight_decay, temperature, workers, device, seed)
+    cfg = TrainConfig(student, epochs, batch_size, lr, weight_decay, temperature, workers, device, seed, hard)
 
     def progress(n, loss, total):
         if not quiet:

@@ -38,6 +38,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     seed: int = 0
+    hard: bool = False  # the floor: cross-entropy on the labels' argmax instead of KL to the soft labels
 
 
 def full_view(images: ImageSet, recipe: Recipe, i: int) -> torch.Tensor:
@@ -154,8 +155,10 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for x, y in DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers):
             x, y = x.to(device), y.to(device)
-            logp = F.log_softmax(model(x) / T, -1)
-            loss = F.kl_div(logp, y, reduction="batchmean") * T * T
+            if cfg.hard:
+                loss = F.cross_entropy(model(x), y.argmax(-1))
+            else:
+                loss = F.kl_div(F.log_softmax(model(x) / T, -1), y, reduction="batchmean") * T * T
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -33,6 +33,10 @@ def test_train_student_end_to_end_and_bad_input(tmp_path, folder):  # noqa: F811
     m.load_state_dict(torch.load(out / "student.pt", weights_only=True))
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(ts(x), m.eval()(x))
+    # the hard-label floor trains too
+    p = run_slc("train-student", folder, labels, "-o", tmp_path / "hard", "--epochs", "1", "--hard", "--val", folder,
+                "--json", "-q", check=True)
+    assert json.loads(p.stdout)["config"]["hard"] is True
     # existing outputs need --force
     one_line_error(run_slc("train-student", folder, labels, "-o", out, "-q"), "use --force")
     # different images: caught before training, naming the image
