@@ -110,6 +110,12 @@ class Recipe:
         expect(isinstance(d, dict), "a recipe object in the replay section", type(d).__name__)
         known = {f for f in cls.__dataclass_fields__}
         kw = {}
+        for k in ("scale", "ratio"):
+            expect(k not in d or (isinstance(d[k], list) and len(d[k]) == 2), f"recipe field {k!r} as [lo, hi]",
+                   repr(d.get(k))[:80])
+        for k in ("invert",):
+            expect(k not in d or isinstance(d[k], bool), f"recipe field {k!r} to be a boolean", repr(d.get(k))[:80])
+        expect(not isinstance(d.get("flip"), bool), "recipe field 'flip' to be a number", repr(d.get("flip")))
         for k, v in d.items():
             if k not in known:
                 continue  # a newer writer's field: ignore, as for the header

@@ -108,6 +108,7 @@ class SoftLabelDataset(Dataset):
             self.chunk_size = f.header.chunk_size
             fps = f.section(FINGERPRINTS, info.images * 16)
             stored = BOXES in f.layout.sections
+            boxes_len = f.layout.sections[BOXES].length if stored else 0
             self.file_temperature = f.temperature
         self.info = info
         imgs = images if isinstance(images, ImageSet) else open_images(images, skip_bad=skip_bad)
@@ -117,6 +118,8 @@ class SoftLabelDataset(Dataset):
         boxes = None
         if info.recipe.boxes == "stored":
             expect(stored, f"a {BOXES!r} section (the recipe says boxes are stored)", "none")
+            expect(boxes_len == e * n * BOX_DTYPE.itemsize, f"{e * n * BOX_DTYPE.itemsize} bytes of crop boxes",
+                   boxes_len)
             boxes = _StoredBoxes(self.path, n)
         self.crops = CropDataset(imgs, info.recipe, e, boxes)
         self._file = None  # opened lazily in each worker process
@@ -215,6 +218,14 @@ def read_replay(f) -> ReplayInfo:
 
 def check_images(images: ImageSet, info: ReplayInfo, fingerprints: bytes | None) -> None:
     """Fail before training if ``images`` are not the ones the labels were made from."""
+    if fingerprints is not None:
+        import hashlib
+        import struct
+
+        expect(len(fingerprints) == 16 * info.images, f"{16 * info.images} bytes of image fingerprints",
+               len(fingerprints))
+        got = hashlib.sha256(struct.pack("<Q", info.images) + fingerprints).hexdigest()
+        expect(got == info.digest, f"the replay digest {info.digest[:16]}... to match the fingerprints", got[:16])
     if len(images) != info.images:
         raise SlcInputError(f"expected {info.images} images (as encoded), got {len(images)} in {images.source}")
     if images.digest() == info.digest:

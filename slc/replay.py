@@ -45,16 +45,20 @@ class ReplayInfo:
     @classmethod
     def from_bytes(cls, data: bytes) -> "ReplayInfo":
         expect(len(data) <= MAX_REPLAY_BYTES, f"a replay section of at most {MAX_REPLAY_BYTES} bytes", len(data))
+        from .container import _unique_keys
+
         try:
-            d = json.loads(data.decode("utf-8"))
+            d = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as e:
             raise SlcFormatError(f"expected a JSON replay section, got unparseable bytes ({e})") from None
         expect(isinstance(d, dict), "a JSON object as replay section", type(d).__name__)
-        expect(d.get("version") == 1, "replay section version 1", repr(d.get("version")))
+        expect(type(d.get("version")) is int and d.get("version") == 1, "replay section version 1",
+               repr(d.get("version")))
         n = d.get("images")
         expect(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "an image count >= 1", repr(n))
         digest = d.get("digest")
-        expect(isinstance(digest, str) and len(digest) == 64, "a sha256 hex digest", repr(digest)[:80])
+        expect(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+               "a lowercase sha256 hex digest", repr(digest)[:80])
         classes = d.get("classes")
         expect(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
                "a list of class names", repr(classes)[:80])

@@ -163,9 +163,9 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
             loss.backward()
             opt.step()
             sched.step()
-            total, seen = total + float(loss) * len(x), seen + len(x)
+            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
             if progress:
-                progress(len(x), float(loss), epochs * (len(ds) // ds.epochs))  # (images, loss, total)
+                progress(len(x), float(loss.detach()), epochs * (len(ds) // ds.epochs))  # (images, loss, total)
         row = {"epoch": epoch, "loss": total / seen, "images_per_s": seen / (time.perf_counter() - t0),
                "lr": sched.get_last_lr()[0]}
         rows.append(row)

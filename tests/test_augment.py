@@ -1,4 +1,5 @@
 """Replayable augmentations: the counter RNG is pinned, boxes follow RandomResizedCrop's rules."""
+import json
 import math
 
 import numpy as np
@@ -116,3 +117,18 @@ def test_recipe_validation_and_json_roundtrip():
         Recipe.from_json({**r.to_json(), "size": "big"})
     with pytest.raises(SlcFormatError):
         Recipe.from_json({**r.to_json(), "scale": [0.1, math.inf]})
+
+
+def test_hostile_replay_sections_fail_cleanly():
+    from slc.replay import ReplayInfo
+
+    good = {"version": 1, "recipe": Recipe().to_json(), "images": 3, "digest": "ab" * 32, "source": ""}
+    assert ReplayInfo.from_bytes(json.dumps(good).encode()).images == 3
+    bad = [b'{"version":1,"version":1}', json.dumps({**good, "version": True}).encode(),
+           json.dumps({**good, "digest": "zz" * 32}).encode(),
+           json.dumps({**good, "recipe": {**good["recipe"], "scale": [0.1, 0.5, 1.0]}}).encode(),
+           json.dumps({**good, "recipe": {**good["recipe"], "invert": "yes"}}).encode(),
+           json.dumps({**good, "recipe": {**good["recipe"], "flip": True}}).encode(), b"\xff", b"[]"]
+    for data in bad:
+        with pytest.raises(SlcFormatError):
+            ReplayInfo.from_bytes(data)
