@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-from numpy.lib import format as npformat
 
 from .errors import SlcInputError
 
@@ -358,13 +357,10 @@ def _row_fp(row: np.ndarray) -> bytes:
 
 
 def _open_npy(path: str) -> tuple[np.ndarray, None]:
+    from .sources import read_npy_header
+
     with open(path, "rb") as f:
-        try:
-            version = npformat.read_magic(f)
-            read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
-            _, _, dtype = read_header(f, max_header_size=1 << 20)
-        except (ValueError, EOFError) as e:
-            raise SlcInputError(f"expected an .npy file, got unreadable data in {path} ({e})") from None
+        _, _, dtype = read_npy_header(f, path)
     _check_dtype(dtype, path)
     return np.load(path, mmap_mode="r", allow_pickle=False), None
 

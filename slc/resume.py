@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+import numpy as np
+
 from .atomic import check_output, fsync_folder
 from .container import CHUNK, ChunkEntry, ContainerWriter, Section, crc32, parse_index_entry
 from .errors import SlcInputError
@@ -128,8 +130,6 @@ class ResumableOutput:
                 pos += e.stored_length
         state = {}
         if os.path.exists(self.state):
-            import numpy as np
-
             try:
                 with np.load(self.state, allow_pickle=False) as z:
                     state = {k: z[k] for k in z.files}
@@ -188,8 +188,6 @@ class ResumableOutput:
         self._f.flush()
         os.fsync(self._f.fileno())
         if state:
-            import numpy as np
-
             tmp = self.state + ".tmp.npz"
             np.savez(tmp, **state)
             with open(tmp, "rb") as f:

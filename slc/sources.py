@@ -63,17 +63,22 @@ class ArraySource(LabelSource):
         return self.array[epoch, start:stop]
 
 
+def read_npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of an ``.npy`` without reading its data (or unpickling anything)."""
+    try:
+        version = npformat.read_magic(f)
+        read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        return read_header(f, max_header_size=1 << 20)
+    except (ValueError, EOFError) as e:
+        raise SlcInputError(f"expected an .npy file, got unreadable data in {name} ({e})") from None
+
+
 class NpySource(LabelSource):
     """An ``.npy`` file read with plain reads (not mmap, whose pages would count as resident)."""
 
     def __init__(self, f: BinaryIO, name: str, seekable: bool = True):
         self.f, self.name, self.seekable = f, name, seekable
-        try:
-            version = npformat.read_magic(f)
-            read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
-            shape, fortran, dtype = read_header(f, max_header_size=1 << 20)
-        except (ValueError, EOFError) as e:
-            raise SlcInputError(f"expected an .npy file, got unreadable data in {name} ({e})") from None
+        shape, fortran, dtype = read_npy_header(f, name)
         if fortran and len(shape) > 1:
             raise SlcInputError(f"expected a C-order .npy, got Fortran order in {name}")
         if dtype.kind != "f":
