@@ -52,7 +52,7 @@ class ResNet18(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """The dataset-distillation ConvNet: ``depth`` x (conv 3x3, 128, instance norm, ReLU, avg-pool 2)."""
+    """The dataset-distillation ConvNet: ``depth`` x (conv 3x3, ``width``, instance norm, ReLU, avg-pool 2), linear."""
 
     def __init__(self, classes: int, channels: int = 3, width: int = 128, depth: int = 3):
         super().__init__()
@@ -62,11 +62,13 @@ class ConvNet(nn.Module):
                        nn.AvgPool2d(2)]
             cin = width
         self.features = nn.Sequential(*blocks)
-        self.fc = nn.Linear(width, classes)
+        # the literature flattens a 4x4 map (32 px input); pooling to 4x4 keeps that and takes any size.
+        # A global average pool instead loses the layout: 38% vs 70% on 500 Fashion-MNIST images.
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(width * 16, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # global average pooling instead of a flatten keeps any input size working
-        return self.fc(self.features(x).mean((2, 3)))
+        return self.fc(self.pool(self.features(x)).flatten(1))
 
 
 class InvertedResidual(nn.Module):
@@ -107,6 +109,7 @@ STUDENTS: dict[str, Callable[[int, int], nn.Module]] = {
     "resnet18": lambda c, ch: ResNet18(c, ch, small=False),
     "resnet18-small": lambda c, ch: ResNet18(c, ch, small=True),
     "convnet": lambda c, ch: ConvNet(c, ch),
+    "convnet-w64": lambda c, ch: ConvNet(c, ch, width=64),  # ~4x cheaper; what `slc demo` trains on 2 cores
     "mobilenet": lambda c, ch: MobileNet(c, ch),
 }
 
