@@ -20,6 +20,18 @@ from .images import ImageSet, open_images
 from .replay import BOXES, FINGERPRINTS, REPLAY, ReplayInfo
 
 
+def resize_view(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Crops ``[C, H, W]`` or ``[B, C, H, W]`` resized to ``size`` (bilinear, antialiased when shrinking).
+
+    How a student with a smaller input sees the teacher's view; ``None`` leaves ``x`` as it is.
+    """
+    if size is None or size == x.shape[-1]:
+        return x
+    y = torch.nn.functional.interpolate(x if x.dim() == 4 else x[None], size=(size, size), mode="bilinear",
+                                        align_corners=False, antialias=size < x.shape[-1])
+    return y if x.dim() == 4 else y[0]
+
+
 class CropDataset(Dataset):
     """The crop behind label ``i``, as a normalised float32 ``[channels, size, size]`` tensor.
 
@@ -27,11 +39,12 @@ class CropDataset(Dataset):
     by default boxes are recomputed from the recipe's seed.
     """
 
-    def __init__(self, images: ImageSet, recipe: Recipe, epochs: int, boxes=None):
+    def __init__(self, images: ImageSet, recipe: Recipe, epochs: int, boxes=None, size: int | None = None):
         big = images.sizes.max(initial=0)
         if big > 65535:
             raise SlcInputError(f"expected images at most 65535 pixels on a side, got {big}")
         self.images, self.recipe, self.epochs = images, recipe, epochs
+        self.size = size  # resize the teacher's (mixed) crop to this for a student; None: as the teacher saw it
         self.n = len(images)
         self._boxes = boxes
         self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None  # per-process cache of one epoch
@@ -76,7 +89,7 @@ class CropDataset(Dataset):
         mix = mix_for(self.recipe, epoch, position, self.n)
         if mix is not None:
             x = apply_mix(x, self.crop(epoch, mix.partner), mix, self.recipe.mix)
-        return x
+        return resize_view(x, self.size)
 
     def image_index(self, i: int) -> int:
         """Which image label ``i`` was made from (its own crop, before any mixing)."""

@@ -3,9 +3,15 @@
 Loss: KL(y || softmax(S(x) / T)) * T^2 with the file's temperature (or an override), AdamW with a
 cosine schedule, as in the paper. Each training epoch replays stored epoch ``epoch % E`` in its
 stored (shuffled) order, so labels decode chunk by chunk in bounded memory.
+
+After every epoch ``OUT_DIR/checkpoint.pt`` holds the model, optimizer, schedule and RNG states
+(loadable with ``weights_only=True``); ``resume=True`` continues from it, bit-identical on CPU to an
+uninterrupted run. It is deleted once the final outputs are written.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -18,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .atomic import atomic_output, check_output
-from .augment import Recipe, render
-from .dataset import EpochSampler, SoftLabelDataset
+from .atomic import atomic_output, check_output, fsync_folder
+from .augment import BOX_DTYPE, Recipe, render
+from .container import PREAMBLE
+from .dataset import EpochSampler, SoftLabelDataset, resize_view
 from .errors import SlcInputError
 from .images import ImageSet, open_images
 from .students import build_student, list_students
@@ -39,49 +46,54 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     hard: bool = False  # the floor: cross-entropy on the labels' argmax instead of KL to the soft labels
+    size: int | None = None  # student input size: the teacher's crops resized to it (default: as encoded)
 
 
 def full_view(images: ImageSet, recipe: Recipe, i: int) -> torch.Tensor:
     """Image ``i`` whole (no crop, no flip) at the recipe's size and normalisation: for evaluation."""
     h, w = (int(v) for v in images.sizes[i])
-    box = np.zeros(1, [("y", "<u2"), ("x", "<u2"), ("h", "<u2"), ("w", "<u2"), ("flip", "u1"), ("pad", "u1")])[0]
+    box = np.zeros(1, BOX_DTYPE)[0]
     box["h"], box["w"] = h, w
     return render(images.load(i), box, recipe)
 
 
-def _batches(images: ImageSet, recipe: Recipe, batch: int):
+def _batches(images: ImageSet, recipe: Recipe, batch: int, size: int | None):
+    """Index lists, the teacher's full views, and the student's (the same, resized to ``size``)."""
     for a in range(0, len(images), batch):
-        idx = range(a, min(len(images), a + batch))
-        yield list(idx), torch.stack([full_view(images, recipe, i) for i in idx])
+        idx = list(range(a, min(len(images), a + batch)))
+        x = torch.stack([full_view(images, recipe, i) for i in idx])
+        yield idx, x, resize_view(x, size)
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, images: ImageSet, recipe: Recipe, device: torch.device, temperature: float,
-             targets: np.ndarray | None = None, teacher=None, batch: int = 128) -> dict:
-    """Top-1/top-5 accuracy on ``targets``; top-1 agreement and KL(teacher || student) at T with ``teacher``."""
+             targets: np.ndarray | None = None, teacher=None, size: int | None = None, batch: int = 128) -> dict:
+    """Top-1/top-5 accuracy on ``targets``; with ``teacher``: top-1 agreement, the teacher's top-1 in
+    the student's top-5, and KL(teacher || student) at T. Whole images at the recipe's view; the
+    student gets them resized to ``size`` as in training."""
     model.eval()
-    hits1 = hits5 = agree = 0
+    hits1 = hits5 = agree = agree5 = 0
     kl = 0.0
-    for idx, x in _batches(images, recipe, batch):
-        x = x.to(device)
-        s = model(x).float()
+    for idx, xt, xs in _batches(images, recipe, batch, size):
+        s = model(xs.to(device)).float()
+        top5 = s.topk(min(5, s.shape[1]), 1).indices
         if targets is not None:
             t = torch.as_tensor(targets[idx], device=device)
-            top5 = s.topk(min(5, s.shape[1]), 1).indices
             hits1 += int((top5[:, 0] == t).sum())
             hits5 += int((top5 == t[:, None]).any(1).sum())
         if teacher is not None:
-            z = teacher_forward(teacher, x)
+            z = teacher_forward(teacher, xt.to(device))
             p = torch.log_softmax(z / temperature, 1)
             q = torch.log_softmax(s / temperature, 1)
             kl += float((p.exp() * (p - q)).sum())
             agree += int((z.argmax(1) == s.argmax(1)).sum())
+            agree5 += int((top5 == z.argmax(1, keepdim=True)).any(1).sum())
     n = len(images)
     out: dict = {"images": n}
     if targets is not None:
         out.update(top1=hits1 / n, top5=hits5 / n)
     if teacher is not None:
-        out.update(teacher_agreement=agree / n, kl_to_teacher=kl / n)
+        out.update(teacher_agreement=agree / n, teacher_top5=agree5 / n, kl_to_teacher=kl / n)
     return out
 
 
@@ -110,26 +122,121 @@ def load_student(spec: str, classes: int, channels: int) -> torch.nn.Module:
     return model
 
 
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "slc-train-checkpoint"
+CHECKPOINT_VERSION = 1
+RESUME_FREE = ("workers", "device")  # may change between an interrupted run and its resume
+
+
+def labels_identity(path: str | os.PathLike) -> str:
+    """sha256 of an ``.slc``'s preamble and section table: they hold its length and every section's CRC."""
+    with open(path, "rb") as f:
+        pre = f.read(PREAMBLE.size)
+        size = f.seek(0, os.SEEK_END)
+        table_off = PREAMBLE.unpack(pre)[4] if len(pre) == PREAMBLE.size else size
+        table_off = table_off if size - (1 << 20) <= table_off <= size else size  # validated already; stay bounded
+        f.seek(table_off)
+        h = hashlib.sha256(pre)
+        h.update(f.read(size - table_off))
+    h.update(size.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def run_identity(cfg: TrainConfig, epochs: int, temperature: float, labels: str | os.PathLike,
+                 images_digest: str) -> dict:
+    """Everything that changes the trained weights: a resume must match it exactly."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+    config.update(epochs=epochs, temperature=temperature)  # resolved: a default and its explicit value match
+    return {**config, "labels": labels_identity(labels), "images": images_digest}
+
+
+def check_identity(then: dict, now: dict) -> None:
+    """Refuse to resume a different run, naming the first field that differs."""
+    for k in sorted(set(then) | set(now), key=lambda k: (k in ("labels", "images"), k)):
+        a, b = then.get(k), now.get(k)
+        if a != b:
+            if k in ("labels", "images"):  # content digests
+                a, b = f"sha256 {str(a)[:12]}...", f"sha256 {str(b)[:12]}..."
+            else:
+                a, b = repr(a), repr(b)
+            raise SlcInputError(f"expected the same {k} as the interrupted run ({a} then, {b} now); rerun with the "
+                                "original ones, or without --resume and with --force to start over")
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read ``checkpoint.pt`` weights-only; identity and rows come back decoded from their JSON strings."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a train-student checkpoint")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r}, this slc reads {CHECKPOINT_VERSION}")
+        state["identity"] = json.loads(state["identity"])
+        state["rows"] = json.loads(state["rows"])
+        state["epoch"] = int(state["epoch"])
+    except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is one input error)
+        raise SlcInputError(f"expected a readable training checkpoint to resume, got {path} ({e}); pass --force "
+                            "without --resume to start over") from None
+    return state
+
+
+def save_checkpoint(path: str, *, identity: dict, epoch: int, rows: list, seconds: float, model: torch.nn.Module,
+                    opt: torch.optim.Optimizer, sched, device: torch.device) -> None:
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "identity": json.dumps(identity),
+             "epoch": epoch, "rows": json.dumps(rows), "seconds": float(seconds), "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_output(path, force=True) as f:
+        torch.save(state, f)
+
+
 def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike,
                   cfg: TrainConfig | None = None, *, val: str | None = None, teacher: str | None = None,
-                  heldout: str | None = None, force: bool = False, log: Callable[[str], None] | None = None,
+                  heldout: str | None = None, force: bool = False, resume: bool = False,
+                  log: Callable[[str], None] | None = None,
                   progress: Callable[[int, float, int], None] | None = None) -> dict:
-    """Train, evaluate, and write ``student.pt`` (state_dict), ``student.ts`` (TorchScript) and ``log.jsonl``."""
+    """Train, evaluate, and write ``student.pt`` (state_dict), ``student.ts`` (TorchScript) and ``log.jsonl``.
+
+    ``resume``: continue from ``out_dir/checkpoint.pt`` (written after every epoch) if there is one;
+    the run's parameters, labels and images must be those of the interrupted run.
+    """
     cfg = cfg or TrainConfig()
     log = log or (lambda line: None)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("ckpt", "student.pt"), ("ts", "student.ts"), ("log", "log.jsonl"), ("result", "result.json"))}
-    for p in paths.values():
+    state_path = os.path.join(out_dir, CHECKPOINT)
+    state = None
+    if resume and os.path.exists(state_path):
+        state = load_checkpoint(state_path)
+    elif resume:
+        log(f"resume: nothing to resume at {state_path}; starting a new run")
+    if not resume and not force and os.path.exists(state_path):
+        raise SlcInputError(f"expected no interrupted run in {out_dir}, got {state_path}; pass --resume to continue "
+                            "it or --force to start over")
+    # resuming, the outputs there are the interrupted run's: overwritten without --force
+    force = force or state is not None
+    for p in (*paths.values(), state_path):
         check_output(p, force)
     torch.manual_seed(cfg.seed)
     ds = SoftLabelDataset(labels, images, temperature=cfg.temperature)
     T = cfg.temperature or ds.file_temperature
+    epochs = cfg.epochs or ds.epochs
+    identity = run_identity(cfg, epochs, T, labels, ds.crops.images.digest())
+    if state is not None:
+        check_identity(state["identity"], identity)
     recipe = ds.info.recipe
+    if cfg.size is not None:
+        if not 8 <= cfg.size <= 4096:
+            raise SlcInputError(f"expected a student input size in [8, 4096], got {cfg.size}")
+        ds.crops.size = cfg.size  # the teacher's crops, resized
     device = resolve_device(cfg.device)
     model = load_student(cfg.student, ds.classes, recipe.channels).to(device)
-    probe = model(ds[0][0][None].to(device))
+    model.eval()  # a shape probe must not touch batch-norm statistics
+    with torch.no_grad():
+        probe = model(ds[0][0][None].to(device))
     if probe.shape[-1] != ds.classes:
         raise SlcInputError(f"expected a student with {ds.classes} outputs (the label width), got {probe.shape[-1]}")
     # checks that would otherwise fail after an hour of training
@@ -142,51 +249,82 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
         held = open_images(heldout) if heldout else None
         if held is None:
             raise SlcInputError("expected --heldout IMAGES with --teacher (images the student never saw)")
-    epochs = cfg.epochs or ds.epochs
     steps = epochs * math.ceil((len(ds) // ds.epochs) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
     sampler = EpochSampler(ds)
-    rows = []
-    t_start = time.perf_counter()
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        total, seen, t0 = 0.0, 0, time.perf_counter()
-        for x, y in DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers):
-            x, y = x.to(device), y.to(device)
-            if cfg.hard:
-                loss = F.cross_entropy(model(x), y.argmax(-1))
-            else:
-                loss = F.kl_div(F.log_softmax(model(x) / T, -1), y, reduction="batchmean") * T * T
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + float(loss.detach()) * len(x), seen + len(x)
-            if progress:
-                progress(len(x), float(loss.detach()), epochs * (len(ds) // ds.epochs))  # (images, loss, total)
-        row = {"epoch": epoch, "loss": total / seen, "images_per_s": seen / (time.perf_counter() - t0),
-               "lr": sched.get_last_lr()[0]}
-        rows.append(row)
-        log(json.dumps(row))
-    result: dict = {"config": asdict(cfg), "temperature": T, "epochs": epochs, "labels": os.fspath(labels),
-                    "train_seconds": time.perf_counter() - t_start, "final_loss": rows[-1]["loss"] if rows else None}
-    if val_set is not None:
-        result["val"] = evaluate(model, val_set, recipe, device, T, targets=val_t)
-    if teach is not None and held is not None:
-        result["heldout"] = evaluate(model, held, recipe, device, T, teacher=teach)
-    model.eval().cpu()
-    with atomic_output(paths["ckpt"], force) as f:
-        torch.save(model.state_dict(), f)
-    with atomic_output(paths["ts"], force) as f:
-        import warnings
+    rows: list[dict] = []
+    first, before, per_epoch = 0, 0.0, len(ds) // ds.epochs
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise SlcInputError(f"expected a checkpoint of this student to resume, got {state_path} ({e}); pass "
+                                "--force without --resume to start over") from None
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rows, first, before = state["rows"], state["epoch"] + 1, float(state.get("seconds", 0.0))
+        log(f"resume: continuing after epoch {first} of {epochs} from {state_path}")
+        if progress and rows:
+            progress(first * per_epoch, rows[-1]["loss"], epochs * per_epoch)
+    elif os.path.exists(state_path):  # a fresh run (--force): the old checkpoint is not this run's
+        os.unlink(state_path)
+    saved = first  # epochs finished and kept in the checkpoint
+    try:
+        t_start = time.perf_counter()
+        for epoch in range(first, epochs):
+            sampler.set_epoch(epoch)
+            model.train()
+            total, seen, t0 = 0.0, 0, time.perf_counter()
+            for x, y in DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers):
+                x, y = x.to(device), y.to(device)
+                if cfg.hard:
+                    loss = F.cross_entropy(model(x), y.argmax(-1))
+                else:
+                    loss = F.kl_div(F.log_softmax(model(x) / T, -1), y, reduction="batchmean") * T * T
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total, seen = total + float(loss.detach()) * len(x), seen + len(x)
+                if progress:
+                    progress(len(x), float(loss.detach()), epochs * per_epoch)  # (images, loss, total)
+            row = {"epoch": epoch, "loss": total / seen, "images_per_s": seen / (time.perf_counter() - t0),
+                   "lr": sched.get_last_lr()[0]}
+            rows.append(row)
+            save_checkpoint(state_path, identity=identity, epoch=epoch, rows=rows,
+                            seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
+                            device=device)
+            saved = epoch + 1
+            log(json.dumps(row))
+        result: dict = {"config": asdict(cfg), "temperature": T, "epochs": epochs, "labels": os.fspath(labels),
+                        "train_seconds": before + time.perf_counter() - t_start,
+                        "final_loss": rows[-1]["loss"] if rows else None}
+        if val_set is not None:
+            result["val"] = evaluate(model, val_set, recipe, device, T, targets=val_t, size=cfg.size)
+        if teach is not None and held is not None:
+            result["heldout"] = evaluate(model, held, recipe, device, T, teacher=teach, size=cfg.size)
+        model.eval().cpu()
+        with atomic_output(paths["ckpt"], force) as f:
+            torch.save(model.state_dict(), f)
+        with atomic_output(paths["ts"], force) as f:
+            import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(torch.jit.script(model), f)
-    with atomic_output(paths["log"], force) as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
-    with atomic_output(paths["result"], force) as f:
-        f.write(json.dumps(result, indent=2).encode())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(torch.jit.script(model), f)
+        with atomic_output(paths["log"], force) as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
+        with atomic_output(paths["result"], force) as f:
+            f.write(json.dumps(result, indent=2).encode())
+    except KeyboardInterrupt as e:
+        e.slc_hint = (f"{saved} of {epochs} epochs are done and kept in {state_path}; rerun the same command with "
+                      "--resume to continue" if saved else "no epoch finished, so no checkpoint was written")
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path)  # the final outputs are in place: nothing left to resume
+    fsync_folder(state_path)
     return result
