@@ -327,10 +327,12 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
 @click.option("--force", is_flag=True, help="Overwrite outputs in --out-dir.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its last epoch checkpoint (--out-dir/checkpoint.pt).")
+@click.option("--checkpoint-every", type=float, default=60.0, show_default=True,
+              help="Seconds between resume checkpoints (each written at the end of an epoch).")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weight_decay, temperature, workers,
-                  device, seed, hard, size, val, teacher, heldout, as_json, force, resume, quiet):
+                  device, seed, hard, size, val, teacher, heldout, as_json, force, resume, checkpoint_every, quiet):
     """Train a student from IMAGES plus the soft labels in LABELS (an .slc made by `slc encode`).
 
     Every epoch replays the teacher's crops exactly and decodes labels on the fly. After each epoch
@@ -343,7 +345,9 @@ def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weig
     from .train import TrainConfig, train_student as run
 
     rep = Reporter(quiet)
-    cfg = TrainConfig(student, epochs, batch_size, lr, weight_decay, temperature, workers, device, seed, hard, size)
+    cfg = TrainConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      temperature=temperature, workers=workers, checkpoint_every=checkpoint_every, device=device,
+                      seed=seed, hard=hard, size=size)
     try:
         result = run(labels, images, out_dir, cfg, val=val, teacher=teacher, heldout=heldout, force=force,
                      resume=resume, log=rep.log, progress=rep.trained("train"))
@@ -551,8 +555,6 @@ def demo(out_dir, quick, as_json, force, quiet):
             rep.log(f"inspect {os.path.basename(info['path'])}: {info['bytes']:,} B = {info['ratio_vs_fp16']:.1f}x vs "
                     f"fp16, codec {info['codec']}, {info['bits_per_label']:.1f} bits/label ({parts})")
 
-    rep.log(f"slc demo{' --quick' if quick else ''}: {'about 2' if quick else 'under 10'} minutes on 2 CPU cores; "
-            f"everything goes to {out_dir}/")
     try:
         result = run_demo(out_dir, cfg, force=force, hooks=CliHooks())
     finally:

@@ -4,7 +4,7 @@ Loss: KL(y || softmax(S(x) / T)) * T^2 with the file's temperature (or an overri
 cosine schedule, as in the paper. Each training epoch replays stored epoch ``epoch % E`` in its
 stored (shuffled) order, so labels decode chunk by chunk in bounded memory.
 
-After every epoch ``OUT_DIR/checkpoint.pt`` holds the model, optimizer, schedule and RNG states
+At the end of an epoch, at most every ``checkpoint_every`` seconds, ``OUT_DIR/checkpoint.pt`` holds the model, optimizer, schedule and RNG states
 (loadable with ``weights_only=True``); ``resume=True`` continues from it, bit-identical on CPU to an
 uninterrupted run. It is deleted once the final outputs are written.
 """
@@ -43,6 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     temperature: float | None = None  # default: the file's
     workers: int = 0
+    checkpoint_every: float = 60.0  # seconds between resume checkpoints (written at epoch ends)
     device: str = "auto"
     seed: int = 0
     hard: bool = False  # the floor: cross-entropy on the labels' argmax instead of KL to the soft labels
@@ -125,7 +126,7 @@ def load_student(spec: str, classes: int, channels: int) -> torch.nn.Module:
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "slc-train-checkpoint"
 CHECKPOINT_VERSION = 1
-RESUME_FREE = ("workers", "device")  # may change between an interrupted run and its resume
+RESUME_FREE = ("workers", "device", "checkpoint_every")  # may change between an interrupted run and its resume
 
 
 def labels_identity(path: str | os.PathLike) -> str:
@@ -274,7 +275,7 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
         os.unlink(state_path)
     saved = first  # epochs finished and kept in the checkpoint
     try:
-        t_start = time.perf_counter()
+        t_start = last_save = time.perf_counter()
         for epoch in range(first, epochs):
             sampler.set_epoch(epoch)
             model.train()
@@ -295,10 +296,12 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
             row = {"epoch": epoch, "loss": total / seen, "images_per_s": seen / (time.perf_counter() - t0),
                    "lr": sched.get_last_lr()[0]}
             rows.append(row)
-            save_checkpoint(state_path, identity=identity, epoch=epoch, rows=rows,
-                            seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
-                            device=device)
-            saved = epoch + 1
+            # short epochs would spend their time writing checkpoints: at most one per checkpoint_every seconds
+            if epoch + 1 < epochs and time.perf_counter() - last_save >= cfg.checkpoint_every:
+                save_checkpoint(state_path, identity=identity, epoch=epoch, rows=rows,
+                                seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
+                                device=device)
+                saved, last_save = epoch + 1, time.perf_counter()
             log(json.dumps(row))
         result: dict = {"config": asdict(cfg), "temperature": T, "epochs": epochs, "labels": os.fspath(labels),
                         "train_seconds": before + time.perf_counter() - t_start,

@@ -30,3 +30,31 @@ def test_quickstart_end_to_end(tmp_path):
     assert {r["section"] for r in info["sections"]} >= {"replay", "images.fp"}  # recompressing kept them
     # real teacher labels at T=4, 40x: the auto codec keeps KL far below top-k's (~0.39 here)
     assert info["fidelity"]["kl"] < 0.25
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    """`slc demo --quick`: real teacher, real images, encode, compress, inspect, five students, table, plot."""
+    out = tmp_path / "demo"
+    p = subprocess.run([sys.executable, "-m", "slc", "demo", "--quick", "-o", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads((out / "demo.json").read_text())
+    rows = {r["labels"]: r for r in result["rows"]}
+    assert list(rows) == ["hard (floor)", "fp16 (ceiling)", "10x", "40x", "100x"]
+    for r in ("10x", "40x", "100x"):
+        assert rows[r]["ratio"] >= float(r[:-1]), rows[r]  # targets are real bytes: met or beaten
+        assert 0 < rows[r]["label_kl"] < 2.0
+    assert rows["fp16 (ceiling)"]["ratio"] == pytest.approx(1.0, abs=0.01) and rows["fp16 (ceiling)"]["label_kl"] == 0
+    assert rows["10x"]["label_kl"] < rows["40x"]["label_kl"] < rows["100x"]["label_kl"]  # fewer bytes, less faithful
+    for r in rows.values():
+        assert 0 <= r["agreement"] <= r["top5"] <= 1 and r["student_kl"] > 0
+    # soft labels beat hard ones even in two minutes: the floor and the ceiling are apart
+    assert rows["fp16 (ceiling)"]["student_kl"] < rows["hard (floor)"]["student_kl"]
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| hard (floor) | argmax |" in (out / "demo.md").read_text()
+    assert "ceiling" in p.stdout and "inspect labels-40x.slc" in p.stderr
+    for name in ("labels-fp16.slc", "labels-40x.slc"):
+        subprocess.run([sys.executable, "-m", "slc", "verify", str(out / name)], check=True, capture_output=True)
+    # a folder with files in it is never overwritten without --force
+    again = subprocess.run([sys.executable, "-m", "slc", "demo", "--quick", "-o", str(out)], capture_output=True,
+                           text=True)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "--force" in again.stderr

@@ -94,7 +94,7 @@ def stop_after(images):
 
 
 def test_resume_after_interrupt_is_bit_identical(tmp_path, folder, labels, tiny):  # noqa: F811
-    cfg = TrainConfig(student=tiny, epochs=3, batch_size=16)
+    cfg = TrainConfig(student=tiny, epochs=3, batch_size=16, checkpoint_every=0)  # every epoch
     whole = tmp_path / "whole"
     train_student(labels, folder, whole, cfg)
     assert not (whole / "checkpoint.pt").exists()  # deleted once the outputs are in place
@@ -110,7 +110,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, folder, labels, tiny)
         train_student(labels, folder, out, cfg)
     # the real CLI continues it; --workers and --device may change
     p = run_slc("train-student", folder, labels, "-o", out, "--student", tiny, "--epochs", "3", "--batch-size", "16",
-                "--workers", "1", "--device", "cpu", "--resume", "--json", check=True)
+                "--workers", "1", "--device", "cpu", "--checkpoint-every", "5", "--resume", "--json", check=True)
     assert "resume: continuing after epoch 1 of 3" in p.stderr.decode()
     assert json.loads(p.stdout)["epochs"] == 3
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -130,7 +130,8 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, folder, labels, tiny)
 
 def test_sigterm_keeps_a_checkpoint_and_resume_checks_the_run(tmp_path, folder, labels, tiny):  # noqa: F811
     out = tmp_path / "run"
-    args = ["train-student", folder, labels, "-o", out, "--student", tiny, "--epochs", "1000", "--batch-size", "16"]
+    args = ["train-student", folder, labels, "-o", out, "--student", tiny, "--epochs", "1000", "--batch-size", "16",
+            "--checkpoint-every", "0"]
     p = subprocess.Popen([sys.executable, "-m", "slc", *map(str, args), "-q"], stderr=subprocess.PIPE)
     t0 = time.monotonic()
     while p.poll() is None and not (out / "checkpoint.pt").exists() and time.monotonic() - t0 < 60:
