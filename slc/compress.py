@@ -138,8 +138,20 @@ def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_
 
     The temperature decides: peaked labels (T near 1) favour top-k, soft ones the VQAE.
     """
-    vq_plan = plan_for("vqae", shape, chunk_size, ratio, budget, tensor_dtype=tensor_dtype, extra=extra)
-    tk_plan = plan_for("topk", shape, chunk_size, ratio, budget, extra=extra)
+    plans: dict[str, Plan | SlcInputError] = {}
+    for name, kw in (("vqae", {"tensor_dtype": tensor_dtype}), ("topk", {})):
+        try:
+            plans[name] = plan_for(name, shape, chunk_size, ratio, budget, extra=extra, **kw)
+        except SlcInputError as e:  # the target is out of this codec's reach: the other one may make it
+            plans[name] = e
+    vq_plan, tk_plan = plans["vqae"], plans["topk"]
+    if isinstance(vq_plan, SlcInputError) and isinstance(tk_plan, SlcInputError):
+        raise vq_plan
+    for ok, other in (("vqae", "topk"), ("topk", "vqae")):
+        if isinstance(plans[other], SlcInputError):
+            log(f"auto: {other} cannot reach the target ({plans[other]}) -> {ok}")
+            plan = plans[ok]
+            return build_codec(plan, ok, logp, shape[2], tensor_dtype or "<f2", fit_config, progress), plan
     hold = min(AUTO_HOLDOUT, len(logp) // 5)
     fit_part, held = (logp[:-hold], logp[-hold:]) if hold >= 64 else (logp, logp)
     vq = build_codec(vq_plan, "vqae", fit_part, shape[2], tensor_dtype or "<f2", fit_config, progress)

@@ -131,3 +131,12 @@ def test_compress_resume_after_interrupt_is_byte_identical(tmp_path, z):
     assert any("3 finished chunks" in line for line in logs)
     assert out.read_bytes() == whole.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.slc", "whole.slc", "z.npy"]
+
+
+def test_auto_falls_back_when_one_codec_cannot_reach_the_target(tmp_path):
+    # 10 classes, 12x: top-1 alone (index + value) is over budget, the VQAE fits
+    z = np.random.default_rng(0).normal(size=(200, 100, 10)).astype(np.float32) * 3
+    logs = []
+    r = slc.compress(z, tmp_path / "a.slc", source="logits", temperature=4, ratio=12, chunk_size=100, log=logs.append)
+    assert r.codec == "vqae" and r.ratio >= 12
+    assert any(line.startswith("auto: topk cannot reach the target") for line in logs), logs
