@@ -49,7 +49,8 @@ def progress_bar(total: int, desc: str, unit: str = "label"):
 def console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # rich falls back to 80 columns when piped, which wraps the wider tables cell by cell
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -236,8 +236,8 @@ def plot(result: dict, path: str, force: bool) -> None:
     rows = result["rows"]
     floor, ceil, coded = rows[0], rows[1], rows[2:]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "agreement", "student top-1 agreement with teacher"),
-                           (axes[1], "student_kl", "student KL to teacher (held out)")):
+    for ax, key, label in ((axes[0], "student_kl", "student KL to teacher (held out, lower is better)"),
+                           (axes[1], "agreement", "student top-1 agreement with teacher")):
         pts = sorted(coded + [ceil], key=lambda r: r["bytes"])
         ax.plot([r["bytes"] for r in pts], [r[key] for r in pts], "o-", label="slc")
         for r in pts:
