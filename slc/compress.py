@@ -57,6 +57,9 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
         ratio = DEFAULT_RATIO
     target = target_bytes(dense_bytes(e * n, c), ratio, budget)
     if target is not None and extra:
+        if target <= extra and codec not in ("fp16", "fp32"):
+            raise SlcInputError(f"expected a reachable target: {target:,} bytes, of which the replay sections "
+                                f"alone take {extra:,}")
         target -= extra
     tensor_dtype = tensor_dtype or default_tensor_dtype(codec)
     if codec in ("vqae", "vqae-paper"):

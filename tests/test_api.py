@@ -1,4 +1,6 @@
 """The Python API: compress / open_slc / decode, on synthetic labels (quality claims live in benchmarks/)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,9 @@ def test_auto_falls_back_when_one_codec_cannot_reach_the_target(tmp_path):
     r = slc.compress(z, tmp_path / "a.slc", source="logits", temperature=4, ratio=12, chunk_size=100, log=logs.append)
     assert r.codec == "vqae" and r.ratio >= 12
     assert any(line.startswith("auto: topk cannot reach the target") for line in logs), logs
+
+
+def test_a_target_the_replay_sections_alone_exceed_is_named(tmp_path):
+    with pytest.raises(slc.SlcInputError, match=r"of which the replay sections alone take 1,167"):
+        slc.compress(Path(__file__).parent / "golden" / "v1.1-replay.slc", tmp_path / "x.slc", ratio=1000)
+    assert not list(tmp_path.iterdir())
