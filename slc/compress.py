@@ -141,20 +141,19 @@ def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_
 
     The temperature decides: peaked labels (T near 1) favour top-k, soft ones the VQAE.
     """
-    plans: dict[str, Plan | SlcInputError] = {}
+    plans, refused = {}, {}
     for name, kw in (("vqae", {"tensor_dtype": tensor_dtype}), ("topk", {})):
         try:
             plans[name] = plan_for(name, shape, chunk_size, ratio, budget, extra=extra, **kw)
         except SlcInputError as e:  # the target is out of this codec's reach: the other one may make it
-            plans[name] = e
+            refused[name] = e
+    if not plans:
+        raise refused["vqae"]
+    if refused:
+        (ok, plan), (other, err) = next(iter(plans.items())), next(iter(refused.items()))
+        log(f"auto: {other} cannot reach the target ({err}) -> {ok}")
+        return build_codec(plan, ok, logp, shape[2], tensor_dtype or "<f2", fit_config, progress), plan
     vq_plan, tk_plan = plans["vqae"], plans["topk"]
-    if isinstance(vq_plan, SlcInputError) and isinstance(tk_plan, SlcInputError):
-        raise vq_plan
-    for ok, other in (("vqae", "topk"), ("topk", "vqae")):
-        if isinstance(plans[other], SlcInputError):
-            log(f"auto: {other} cannot reach the target ({plans[other]}) -> {ok}")
-            plan = plans[ok]
-            return build_codec(plan, ok, logp, shape[2], tensor_dtype or "<f2", fit_config, progress), plan
     hold = min(AUTO_HOLDOUT, len(logp) // 5)
     fit_part, held = (logp[:-hold], logp[-hold:]) if hold >= 64 else (logp, logp)
     vq = build_codec(vq_plan, "vqae", fit_part, shape[2], tensor_dtype or "<f2", fit_config, progress)

@@ -180,9 +180,9 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool 
         tc = TrainConfig(student=cfg.student, epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                          size=cfg.student_size, seed=cfg.seed, hard=hard)
         run_dir = out / ("student-hard" if hard else f"student-{row['labels'].split()[0]}")
-        steps = cfg.train_epochs * 10 * cfg.per_class
+        seen = cfg.train_epochs * 10 * cfg.per_class  # images the student sees
         res = train_student(row["path"], images, run_dir, tc, teacher=os.fspath(teacher_path), heldout=heldout,
-                            force=True, progress=hooks.trained(row["labels"], steps))
+                            force=True, progress=hooks.trained(row["labels"], seen))
         h = res["heldout"]
         row.update(agreement=h["teacher_agreement"], top5=h["teacher_top5"], student_kl=h["kl_to_teacher"],
                    train_seconds=res["train_seconds"])

@@ -4,9 +4,10 @@ Loss: KL(y || softmax(S(x) / T)) * T^2 with the file's temperature (or an overri
 cosine schedule, as in the paper. Each training epoch replays stored epoch ``epoch % E`` in its
 stored (shuffled) order, so labels decode chunk by chunk in bounded memory.
 
-At the end of an epoch, at most every ``checkpoint_every`` seconds, ``OUT_DIR/checkpoint.pt`` holds the model, optimizer, schedule and RNG states
-(loadable with ``weights_only=True``); ``resume=True`` continues from it, bit-identical on CPU to an
-uninterrupted run. It is deleted once the final outputs are written.
+At the end of an epoch, at most every ``checkpoint_every`` seconds, ``OUT_DIR/checkpoint.pt`` holds
+the model, optimizer, schedule and RNG states (loadable with ``weights_only=True``); ``resume=True``
+continues from it, bit-identical on CPU to an uninterrupted run. It is deleted once the final
+outputs are written.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from torch.utils.data import DataLoader
 
 from .atomic import atomic_output, check_output, fsync_folder
 from .augment import BOX_DTYPE, Recipe, render
-from .container import PREAMBLE
 from .dataset import EpochSampler, SoftLabelDataset, resize_view
 from .errors import SlcInputError
 from .images import ImageSet, open_images
@@ -130,17 +130,12 @@ RESUME_FREE = ("workers", "device", "checkpoint_every")  # may change between an
 
 
 def labels_identity(path: str | os.PathLike) -> str:
-    """sha256 of an ``.slc``'s preamble and section table: they hold its length and every section's CRC."""
-    with open(path, "rb") as f:
-        pre = f.read(PREAMBLE.size)
-        size = f.seek(0, os.SEEK_END)
-        table_off = PREAMBLE.unpack(pre)[4] if len(pre) == PREAMBLE.size else size
-        table_off = table_off if size - (1 << 20) <= table_off <= size else size  # validated already; stay bounded
-        f.seek(table_off)
-        h = hashlib.sha256(pre)
-        h.update(f.read(size - table_off))
-    h.update(size.to_bytes(8, "little"))
-    return h.hexdigest()
+    """sha256 of an ``.slc``'s section table as the reader validated it: every section's place and CRC."""
+    from .reader import open_slc
+
+    with open_slc(path) as f:
+        table = [(x.name, x.offset, x.length, x.crc) for x in f.layout.sections.values()]
+        return hashlib.sha256(json.dumps([f.layout.file_length, table]).encode()).hexdigest()
 
 
 def run_identity(cfg: TrainConfig, epochs: int, temperature: float, labels: str | os.PathLike,
