@@ -1,28 +1,32 @@
 """``compress``: fit a codec on a sample of labels, then stream every label through it into a ``.slc``."""
 from __future__ import annotations
 
-import math
-import os
 import itertools
 import json
+import math
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
 from . import __version__
-from .codecs import Codec, DenseCodec, TopKCodec, VQAECodec, codec_class
+from .augment import BOX_DTYPE
+from .codecs import Codec, VQAECodec, codec_class
 from .container import ENCODING_RAW, ENCODING_ZSTD, header_bytes
-from .errors import SlcInputError
+from .errors import SlcInputError, expect
 from .header import MAX_CHUNK_ELEMENTS, Header
 from .labels import Source, check_block, detect_source, retemper, to_logp
 from .metrics import Fidelity
+from .presets import LADDER_PRESETS, PRESETS
+from .prune import EPOCHS_MAP, PrunedSource, kept_epochs, map_bytes
+from .replay import BOXES
 from .resume import ResumableOutput
-from .sizing import Plan, dense_bytes, plan_dense, plan_topk, plan_vqae, target_bytes
+from .sizing import Plan, dense_bytes, plan_ladder, plan_vqae, target_bytes
 from .sources import LabelSource, SlcSource, open_labels
 from .vqae import FitConfig
 
-PRESETS = ("auto", "vqae", "vqae-paper", "topk", "fp16", "fp32")
 DEFAULT_RATIO = 40.0
 AUTO_HOLDOUT = 4096  # labels of the fit sample kept out of fitting to choose between codecs
 DEFAULT_FIT_LABELS = 65536
@@ -37,6 +41,7 @@ class CompressResult:
     source: str
     fit: dict
     codec: str = ""
+    encode_seconds: float = 0.0  # in the codec's encode, over every label written (fit excluded)
 
     @property
     def ratio(self) -> float:
@@ -45,17 +50,26 @@ class CompressResult:
 
 def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: float | None = None,
              budget: int | None = None, k: int | None = None, dc: int | None = None, dh: int | None = None,
-             tensor_dtype: str | None = None, extra: int = 0) -> Plan:
+             tensor_dtype: str | None = None, extra: int = 0, options: dict | None = None,
+             dense: int | None = None) -> Plan:
     """Choose codec parameters for labels of ``shape = (E, N, C)``.
 
-    Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every VQAE size is given.
-    ``extra`` bytes of other sections (replay, crop boxes) count against the budget.
+    Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every size parameter is given.
+    ``extra`` bytes of other sections (replay, crop boxes) count against the budget. ``dense``:
+    the fp16 bytes the ratio is taken against, when it is not ``shape``'s (a pruned file).
     """
     e, n, c = shape
-    if ratio is None and budget is None and codec not in ("fp16", "fp32") and not (
-            codec == "topk" and k is not None) and None in (k, dc, dh):
+    options = dict(options or {})
+    if k is not None and codec in ("topk", "topk-mr", "topk-mrs", "vq-noae"):
+        options["k"] = k
+    if dc is not None and codec == "vq-noae":
+        options["dc"] = dc
+    fixed = codec in ("fp16", "fp32") or (codec.startswith("topk") and "k" in options) or (
+        codec in ("vqae", "vqae-paper", "auto") and None not in (k, dc, dh))
+    if ratio is None and budget is None and not fixed:
         ratio = DEFAULT_RATIO
-    target = target_bytes(dense_bytes(e * n, c), ratio, budget)
+    full = dense if dense is not None else dense_bytes(e * n, c)
+    target = target_bytes(full, ratio, budget)
     if target is not None and extra:
         if target <= extra and codec not in ("fp16", "fp32"):
             raise SlcInputError(f"expected a reachable target: {target:,} bytes, of which the replay sections "
@@ -64,23 +78,22 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
     tensor_dtype = tensor_dtype or default_tensor_dtype(codec)
     if codec in ("vqae", "vqae-paper"):
         plan = plan_vqae(c, e, n, chunk_size, target, k=k, dc=dc, dh=dh, itemsize=np.dtype(tensor_dtype).itemsize,
-                         bias=codec == "vqae")
+                         bias=codec == "vqae", dense=full, extra=extra)
     elif codec == "auto":
-        return plan_for("vqae", shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extra)
-    elif codec == "topk":
-        plan = plan_topk(c, e, n, chunk_size, target, k)
-    else:
-        plan = None
-    if plan is not None:
-        if extra:
-            plan.bytes += extra
-            plan.why.append(f"replay sections {extra:,} bytes; file {plan.bytes:,} bytes = {plan.ratio:.1f}x")
-        return plan
-    if codec in ("fp16", "fp32"):
-        if target is not None:
+        return plan_for("vqae", shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extra, options, dense)
+    elif codec in LADDER_PRESETS:
+        name, preset = LADDER_PRESETS[codec]
+        if codec in ("fp16", "fp32") and target is not None:
             raise SlcInputError(f"expected no --ratio/--budget for the dense {codec} codec (its ratio is fixed)")
-        return plan_dense(c, e, n, chunk_size, 2 if codec == "fp16" else 4)
-    raise SlcInputError(f"expected a codec in {list(PRESETS)}, got {codec!r}")
+        plan = plan_ladder(codec_class(name), codec, c, e, n, chunk_size, target, {**preset, **options}, full,
+                           extra)
+    else:
+        raise SlcInputError(f"expected a codec in {list(PRESETS)}, got {codec!r}")
+    plan.dense_fp16 = full
+    if extra:
+        plan.bytes += extra
+        plan.why.append(f"replay sections {extra:,} bytes; file {plan.bytes:,} bytes = {plan.ratio:.1f}x")
+    return plan
 
 
 def default_tensor_dtype(codec: str) -> str:
@@ -88,15 +101,21 @@ def default_tensor_dtype(codec: str) -> str:
     return "<f4" if codec == "vqae-paper" else "<f2"
 
 
-def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int) -> np.ndarray:
-    """Log-probabilities of up to ``labels`` rows spread over a seekable source."""
-    e_count, n, c = src.shape
-    total = e_count * n
-    if labels >= total:
+def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int,
+               fit_samples: int | None = None) -> np.ndarray:
+    """Log-probabilities of up to ``labels`` rows spread over a seekable source.
+
+    ``fit_samples`` limits the sample to positions below it in each epoch (the rest is held out).
+    """
+    e_count, full_n, c = src.shape
+    n = min(full_n, fit_samples or full_n)
+    if labels >= e_count * n:
         out = []
-        for e, s, block in src.blocks(4096):
-            check_block(block, source, e * n + s)
-            out.append(to_logp(block, source, temperature))
+        for e in range(e_count):
+            for s in range(0, n, 4096):
+                block = src.read(e, s, min(n, s + 4096))
+                check_block(block, source, e * full_n + s)
+                out.append(to_logp(block, source, temperature))
         return np.concatenate(out)
     rng = np.random.default_rng(seed)
     # whole runs of 256 rows at random places: few seeks, still a spread-out sample
@@ -109,20 +128,27 @@ def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int
         e, s = divmod(int(r), per_epoch)
         s *= run
         block = src.read(e, s, s + run)
-        check_block(block, source, e * n + s)
+        check_block(block, source, e * full_n + s)
         out[i * run:(i + 1) * run] = to_logp(block, source, temperature)
     return out[:labels]
 
 
+def needs_fit(codec: str) -> bool:
+    if codec in ("auto", "vqae", "vqae-paper"):
+        return True
+    return codec in LADDER_PRESETS and codec_class(LADDER_PRESETS[codec][0]).needs_fit
+
+
 def build_codec(plan: Plan, preset: str, logp: np.ndarray | None, classes: int, tensor_dtype: str,
-                fit_config: FitConfig | None, progress: Callable | None) -> Codec:
+                fit_config: FitConfig | None, progress: Callable | None, seed: int = 0) -> Codec:
     p = plan.params
     if preset in ("vqae", "vqae-paper"):
         cfg = fit_config or (FitConfig.paper() if preset == "vqae-paper" else FitConfig())
         return VQAECodec.fit(logp, p["k"], p["dc"], p["dh"], cfg, tensor_dtype, progress)
-    if preset == "topk":
-        return TopKCodec(classes, p["k"])
-    return DenseCodec(classes, p["dtype"])
+    t0 = time.perf_counter()
+    codec = codec_class(LADDER_PRESETS[preset][0]).fit(logp, classes, p, seed)
+    codec.fit_seconds = time.perf_counter() - t0
+    return codec
 
 
 def sample_kl(codec: Codec, logp: np.ndarray) -> float:
@@ -170,13 +196,15 @@ class Extras:
     """Optional sections a caller adds around the labels (``encode`` adds the replay sections)."""
 
     before: dict[str, bytes] = field(default_factory=dict)  # written before the chunks
+    required: dict[str, bytes] = field(default_factory=dict)  # likewise, flagged REQUIRED (epochs.map)
     after: dict[str, tuple[int, Callable[[], Iterable[bytes]]]] = field(default_factory=dict)  # (size, parts)
     request: dict = field(default_factory=dict)  # what else identifies the run for --resume
 
     def bytes(self) -> int:
         from .replay import extra_bytes
 
-        return extra_bytes(self.before) + sum(extra_bytes({}, size) for size, _ in self.after.values())
+        return (extra_bytes({**self.before, **self.required})
+                + sum(extra_bytes({}, size) for size, _ in self.after.values()))
 
 
 def carried_extras(src: LabelSource) -> Extras:
@@ -185,6 +213,33 @@ def carried_extras(src: LabelSource) -> Extras:
         return Extras()
     before, after = src.carried()
     return Extras(before, {name: (size, lambda name=name: src.section_parts(name)) for name, size in after.items()})
+
+
+def pruned_extras(extras: Extras, kept: np.ndarray, samples: int) -> Extras:
+    """The carried sections of a pruned file: per-label crop boxes of the kept epochs only."""
+    per = samples * BOX_DTYPE.itemsize
+    before, after = dict(extras.before), {}
+    if BOXES in before:
+        data = before[BOXES]
+        expect(len(data) % per == 0, f"whole epochs of {BOXES}", f"{len(data)} bytes")
+        before[BOXES] = b"".join(data[int(e) * per:(int(e) + 1) * per] for e in kept)
+    for name, (size, parts) in extras.after.items():
+        if name != BOXES:
+            raise SlcInputError(f"expected sections slc can prune, got {name!r} ({size:,} bytes)")
+        expect(size % per == 0, f"whole epochs of {name}", f"{size} bytes")
+        after[name] = (per * len(kept), lambda parts=parts: _epochs_of(parts(), per, kept))
+    return Extras(before, dict(extras.required), after, extras.request)
+
+
+def _epochs_of(parts: Iterable[bytes], per: int, kept: np.ndarray):
+    """The records of the ``kept`` epochs from a stream of ``per``-byte epoch records."""
+    want, buf, e = set(int(k) for k in kept), b"", 0
+    for part in parts:
+        buf += part
+        while len(buf) >= per:
+            if e in want:
+                yield buf[:per]
+            buf, e = buf[per:], e + 1
 
 
 def input_identity(src: LabelSource) -> dict:
@@ -204,6 +259,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
              dh: int | None = None, chunk_size: int = 4096, zstd: bool = False, tensor_dtype: str | None = None,
              fit_labels: int = DEFAULT_FIT_LABELS, fit_config: FitConfig | None = None, seed: int = 0,
              force: bool = False, resume: bool = False, user: dict | None = None, extras: Extras | None = None,
+             options: dict | None = None, prune: float | None = None, fit_samples: int | None = None,
              log: Callable[[str], None] | None = None, fit_progress: Callable | None = None,
              progress: Callable | None = None) -> CompressResult:
     """Compress ``labels`` into ``out``; see ``slc compress --help`` for the options.
@@ -211,10 +267,21 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     ``labels``: an array ``(N, C)`` / ``(E, N, C)``, a path (``.npy``, ``FILE.h5:/dataset``), or a
     :class:`~slc.sources.LabelSource`. With ``resume``, an interrupted run of the same call is
     continued from its last finished chunk (``slc.resume``); the result is byte-identical.
+    ``options``: fixed parameters of a baseline codec (``{"bits": 3}`` for ``quant``).
+    ``prune``: keep a random ``1/prune`` of the epochs (``slc.prune``); ``ratio``/``budget`` still
+    count against the unpruned labels. ``fit_samples``: fit only on positions ``< fit_samples``
+    of each epoch (``slc bench`` scores the rest).
     """
     src = open_labels(labels)
     out = os.fspath(out)
     extras = extras or carried_extras(src)
+    dense_in = dense_bytes(src.shape[0] * src.shape[1], src.shape[2])
+    epoch_ids = src.f.epoch_ids if isinstance(src, SlcSource) else np.arange(src.shape[0])
+    if prune is not None:
+        kept = kept_epochs(src.shape[0], prune, seed)
+        src, epoch_ids, extras = PrunedSource(src, kept), epoch_ids[kept], pruned_extras(extras, kept, src.shape[1])
+    if not np.array_equal(epoch_ids, np.arange(len(epoch_ids))):
+        extras.required[EPOCHS_MAP] = map_bytes(epoch_ids)
     e_count, n, c = src.shape
     if not (math.isfinite(temperature) and temperature > 0):
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")
@@ -227,6 +294,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     request = {"codec": codec, "source": source, "temperature": temperature, "ratio": ratio, "budget": budget,
                "k": k, "dc": dc, "dh": dh, "chunk_size": chunk_size, "zstd": zstd, "tensor_dtype": tensor_dtype,
                "fit_labels": fit_labels, "fit_steps": fit_steps, "seed": seed, "shape": list(src.shape),
+               "options": options or {}, "prune": prune, "fit_samples": fit_samples,
                "user": user or {}, **(extras.request or (input_identity(src) if resume else {}))}
     target = ResumableOutput(out, request, force=force, resume=resume, log=log)
     per_epoch = -(-n // chunk_size)
@@ -241,7 +309,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             if r.state:
                 enc.restore_encoder_state(r.state)
             kind: Source = header.source  # type: ignore[assignment]
-            plan = Plan(enc.name, header.codec_params, 0, dense_bytes(e_count * n, c), ["resumed"])
+            plan = Plan(enc.name, header.codec_params, 0, dense_in, ["resumed"])
             done = len(r.entries)
             blocks = src.blocks(chunk_size, done)
             first = []
@@ -253,8 +321,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             # the first blocks decide the source kind; a stream's are also its fit sample, kept once,
             # as the log-probabilities the write loop needs anyway (so memory is 1x the sample)
             blocks = src.blocks(chunk_size)
-            needs_fit = codec in ("auto", "vqae", "vqae-paper")
-            want = min(fit_labels, e_count * n) if needs_fit and not src.seekable else 1
+            fitting = needs_fit(codec)
+            want = min(fit_labels, e_count * n) if fitting and not src.seekable else 1
             head = np.empty((want + chunk_size, c), np.float32) if want > 1 else None
             first, got = [], 0
             for e, s, block in blocks:
@@ -270,19 +338,20 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 got += len(first[-1][3] if lp is not None else block)
                 if got >= want:
                     break
-            plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extras.bytes())
+            plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extras.bytes(),
+                            options, dense_in)
             for line in plan.why:
                 log(f"plan: {line}")
             logp = None
-            if needs_fit:
+            if fitting:
                 logp = head[:want] if head is not None else fit_sample(src, kind, temperature,
-                                                                       min(fit_labels, e_count * n), seed)
+                                                                       min(fit_labels, e_count * n), seed, fit_samples)
             if codec == "auto":
                 enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config,
                                         fit_progress, log, extras.bytes())
             else:
                 enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
-                                  fit_progress)
+                                  fit_progress, seed)
             del logp, head
             if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
                 raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this "
@@ -295,6 +364,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             w.add_section("header", header_bytes(header.to_json()))
             for name, a in tensors.items():
                 w.add_section(name, np.ascontiguousarray(a).tobytes())
+            for name, data in extras.required.items():
+                w.add_section(name, data, required=True)
             for name, data in extras.before.items():
                 w.add_section(name, data, required=False)
             w.begin_chunks()
@@ -307,6 +378,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
 
             compressor = zstandard.ZstdCompressor(level=19)
         rest = ((e, s, block, None) for e, s, block in blocks)
+        encode_seconds = 0.0
+        w.min_minor = enc.since_minor
         for i, (e, s, block, lp) in enumerate(itertools.chain(first, rest), start=done):
             if (e, s) != (i // per_epoch, i % per_epoch * chunk_size):  # a source must tile in order
                 raise SlcInputError(f"expected block {i} at epoch {i // per_epoch}, got epoch {e} sample {s}")
@@ -314,7 +387,9 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 check_block(block, kind, e * n + s)
                 lp = to_logp(block, kind, temperature)
             count = len(lp)
+            t_enc = time.perf_counter()
             raw = enc.encode(lp)
+            encode_seconds += time.perf_counter() - t_enc
             encoding, payload = ENCODING_RAW, raw
             if compressor is not None:
                 z = compressor.compress(raw)
@@ -328,5 +403,6 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             w.add_section_stream(name, parts(), required=False)
         size = w.finish()
         target.commit(force)
-    return CompressResult(out, size, dense_bytes(e_count * n, c), plan, kind,
-                          {**getattr(enc, "fit_info", {}), "seconds": getattr(enc, "fit_seconds", 0.0)}, enc.name)
+    return CompressResult(out, size, dense_in, plan, kind,
+                          {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
+                          encode_seconds)

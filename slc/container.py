@@ -27,8 +27,9 @@ from .errors import SlcFormatError, expect
 
 MAGIC = b"\x89SLC\r\n\x1a\n"  # PNG-style: catches 7-bit and newline-mangling transfers
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # the newest minor version this code reads and writes
+FORMAT_MINOR = 2  # the newest minor version this code reads and writes
 SECTIONS_1_1 = ("replay", "images.fp", "crops.boxes")
+SECTIONS_1_2 = ("epochs.map",)
 ALIGN = 64  # sections start on 64-byte boundaries so they can be memory-mapped
 
 PREAMBLE = struct.Struct("<8sHHIQQI24sI")  # 64 bytes
@@ -245,6 +246,7 @@ class ContainerWriter:
         self._chunks_crc = 0
         self._chunks_len = 0
         self._in_chunks = False
+        self.min_minor = 0  # raised by a writer whose codec is newer than 1.0 (Codec.since_minor)
         f.seek(0)
         f.write(bytes(PREAMBLE.size))  # patched in finish()
         self._pos = PREAMBLE.size
@@ -313,7 +315,8 @@ class ContainerWriter:
         self.f.write(table)
         length = table_off + len(table)
         # the lowest minor version whose features the file uses (spec: stability policy)
-        minor = 1 if any(s.name in SECTIONS_1_1 for s in self.sections) else 0
+        names = {s.name for s in self.sections}
+        minor = max(self.min_minor, 2 if names & set(SECTIONS_1_2) else 1 if names & set(SECTIONS_1_1) else 0)
         head = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, minor, len(self.sections), table_off, length,
                              crc32(table), bytes(24), 0)
         head = head[:60] + struct.pack("<I", crc32(head[:60]))

@@ -36,14 +36,17 @@ class CropDataset(Dataset):
     """The crop behind label ``i``, as a normalised float32 ``[channels, size, size]`` tensor.
 
     ``boxes``: a callable ``(epoch, positions) -> BOX_DTYPE array`` for stored boxes;
-    by default boxes are recomputed from the recipe's seed.
+    by default boxes are recomputed from the recipe's seed. ``epoch_ids``: the recipe epoch of
+    each stored epoch (a pruned file keeps some; default: stored epoch ``e`` is recipe epoch ``e``).
     """
 
-    def __init__(self, images: ImageSet, recipe: Recipe, epochs: int, boxes=None, size: int | None = None):
+    def __init__(self, images: ImageSet, recipe: Recipe, epochs: int, boxes=None, size: int | None = None,
+                 epoch_ids: np.ndarray | None = None):
         big = images.sizes.max(initial=0)
         if big > 65535:
             raise SlcInputError(f"expected images at most 65535 pixels on a side, got {big}")
         self.images, self.recipe, self.epochs = images, recipe, epochs
+        self.epoch_ids = np.arange(epochs) if epoch_ids is None else np.asarray(epoch_ids)
         self.size = size  # resize the teacher's (mixed) crop to this for a student; None: as the teacher saw it
         self.n = len(images)
         self._boxes = boxes
@@ -60,13 +63,14 @@ class CropDataset(Dataset):
     def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image index, crop box)`` for every position of ``epoch``."""
         if self._epoch is None or self._epoch[0] != epoch:
-            order = epoch_order(self.recipe, epoch, self.n)
+            r = int(self.epoch_ids[epoch])
+            order = epoch_order(self.recipe, r, self.n)
             if self._boxes is not None:
                 boxes = self._boxes(epoch)
                 expect(len(boxes) == self.n, f"{self.n} stored crop boxes for epoch {epoch}", len(boxes))
                 self._check_boxes(boxes, order)
             else:
-                boxes = crop_boxes(self.recipe, epoch, order, self.images.sizes[order])
+                boxes = crop_boxes(self.recipe, r, order, self.images.sizes[order])
             self._epoch = (epoch, order, boxes)
         return self._epoch[1], self._epoch[2]
 
@@ -86,7 +90,7 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         epoch, position = self.locate(i)
         x = self.crop(epoch, position)
-        mix = mix_for(self.recipe, epoch, position, self.n)
+        mix = mix_for(self.recipe, int(self.epoch_ids[epoch]), position, self.n)
         if mix is not None:
             x = apply_mix(x, self.crop(epoch, mix.partner), mix, self.recipe.mix)
         return resize_view(x, self.size)
@@ -123,6 +127,7 @@ class SoftLabelDataset(Dataset):
             stored = BOXES in f.layout.sections
             boxes_len = f.layout.sections[BOXES].length if stored else 0
             self.file_temperature = f.temperature
+            epoch_ids = f.epoch_ids
         self.info = info
         imgs = images if isinstance(images, ImageSet) else open_images(images, skip_bad=skip_bad)
         check_images(imgs, info, fps)
@@ -134,7 +139,7 @@ class SoftLabelDataset(Dataset):
             expect(boxes_len == e * n * BOX_DTYPE.itemsize, f"{e * n * BOX_DTYPE.itemsize} bytes of crop boxes",
                    boxes_len)
             boxes = _StoredBoxes(self.path, n)
-        self.crops = CropDataset(imgs, info.recipe, e, boxes)
+        self.crops = CropDataset(imgs, info.recipe, e, boxes, epoch_ids=epoch_ids)
         self._file = None  # opened lazily in each worker process
         self._pid = -1
         self._cache: dict[int, np.ndarray] = {}
@@ -203,6 +208,34 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class BatchPoolSampler(Sampler[list[int]]):
+    """LPLD's sampling, as a ``batch_sampler``: each epoch draws stored batches at random from every stored epoch.
+
+    The pool is every run of ``batch_size`` positions of every stored epoch; an epoch takes as
+    many batches as one stored epoch has, without replacement, seeded by ``(seed, epoch)`` (so a
+    resumed run draws the same). With a pruned file this mixes the kept epochs within each
+    training epoch instead of replaying them in turn.
+    """
+
+    def __init__(self, dataset: SoftLabelDataset | CropDataset, batch_size: int, seed: int = 0, epoch: int = 0):
+        self.epochs, self.batch_size, self.seed, self.epoch = dataset.epochs, batch_size, seed, epoch
+        self.n = len(dataset) // self.epochs
+        self.per = -(-self.n // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for b in rng.permutation(self.epochs * self.per)[:self.per]:
+            e, j = divmod(int(b), self.per)
+            lo = e * self.n + j * self.batch_size
+            yield list(range(lo, min(lo + self.batch_size, (e + 1) * self.n)))
+
+    def __len__(self) -> int:
+        return self.per
 
 
 class _StoredBoxes:

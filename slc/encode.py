@@ -126,7 +126,8 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
            zstd: bool = False, tensor_dtype: str | None = None, fit_labels: int = ENCODE_FIT_LABELS,
            fit_on: str = "first", fit_config: FitConfig | None = None, force: bool = False, resume: bool = False,
            skip_bad: bool = False, log: Callable[[str], None] | None = None, fit_progress: Callable | None = None,
-           progress: Callable | None = None, on_crops: Callable[[int], None] | None = None) -> CompressResult:
+           progress: Callable | None = None, on_crops: Callable[[int], None] | None = None,
+           options: dict | None = None) -> CompressResult:
     """Relabel ``images`` with ``teacher`` over ``epochs`` of replayable crops into ``out``.
 
     ``teacher``: a module (or any callable) mapping ``[B, C, H, W]`` to logits ``[B, classes]``;
@@ -166,7 +167,7 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
         return compress(src, out, codec=codec, source="logits", temperature=temperature, ratio=ratio, budget=budget,
                         k=k, dc=dc, dh=dh, chunk_size=chunk_size, zstd=zstd, tensor_dtype=tensor_dtype,
                         fit_labels=fit_labels, fit_config=fit_config, force=force, resume=resume, extras=extras,
-                        log=log, fit_progress=fit_progress, progress=progress)
+                        options=options, log=log, fit_progress=fit_progress, progress=progress)
     finally:
         if imgs is not images:
             imgs.close()

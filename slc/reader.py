@@ -18,6 +18,7 @@ from .container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, cr
 from .errors import SlcFormatError, expect
 from .header import MAX_CHUNK_ELEMENTS, Header
 from .labels import retemper
+from .prune import EPOCHS_MAP, parse_map
 
 Out = Literal["probs", "logits"]
 
@@ -43,7 +44,7 @@ class SlcFile:
         self.header = Header.from_json(read_header(f, self.layout))
         h = self.header
         for name, s in self.layout.sections.items():
-            known = name in ("header", "index", "chunks") or name in h.tensors
+            known = name in ("header", "index", "chunks", EPOCHS_MAP) or name in h.tensors
             expect(known or not s.required, f"only sections this reader understands to be required",
                    f"required section {name!r} (written by a newer slc?)")
         cls = codec_class(h.codec)
@@ -83,6 +84,12 @@ class SlcFile:
                        f"{h.entropy!r})", f"zstd chunk {i}")
                 i += 1
         self._chunks_offset = chunks.offset
+        # the recipe epoch each stored epoch was relabelled in; not the identity only in pruned files
+        self.epoch_ids = np.arange(h.epochs)
+        if EPOCHS_MAP in self.layout.sections:
+            s = self.layout.sections[EPOCHS_MAP]
+            expect(s.length == 4 * h.epochs, f"{4 * h.epochs} bytes of {EPOCHS_MAP}", s.length)
+            self.epoch_ids = parse_map(read_section(f, s), h.epochs)
 
     # ---------------------------------------------------------------- properties
     @property

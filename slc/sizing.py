@@ -106,16 +106,27 @@ def vqae_bytes(classes, epochs, samples, chunk_size, k, dc, dh, itemsize=2, bias
 
 # Measured on real 1000-class labels (benchmarks/fidelity.py, README): at equal bytes, about 4
 # bits per latent dimension (k=256 codes of d_c=2) beat both 8 bits/dim (d_c=1) and 2 bits/dim
-# (d_c=4), so the planner spends the budget on a wider latent at that rate.
-PREFERRED_BITS, PREFERRED_DC = 8, 2
+# (d_c=4), so the planner spends the budget on a wider latent at that rate. With few codes per
+# label the latent must not shrink below ~min(C, 20) dimensions: on real 10-class labels at 8
+# bits/label one code of d_c=10 has 9x less KL than one of d_c=2 (README, "Few classes"); on
+# 1000-class labels at 100x-200x, d_c=5 or 10 lose to d_c=2 (the decoder grows with d_h).
+PREFERRED_BITS, PREFERRED_DC, LATENT_FLOOR = 8, 2, 20
 MAX_SEGMENTS = 4096
+
+
+def preferred_dc(classes: int, m: int) -> int:
+    """The code dimension the planner prefers for ``m`` codes per label."""
+    return max(PREFERRED_DC, -(-min(classes, LATENT_FLOOR) // m))
 
 
 def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: int | None, *,
               k: int | None = None, dc: int | None = None, dh: int | None = None, itemsize: int = 2,
-              bias: bool = True) -> Plan:
-    """Pick ``(k, d_c, d_h)`` so the file fits ``target`` bytes; explicit values are kept."""
-    dense = dense_bytes(epochs * samples, classes)
+              bias: bool = True, dense: int | None = None, extra: int = 0) -> Plan:
+    """Pick ``(k, d_c, d_h)`` so the file fits ``target`` bytes; explicit values are kept.
+
+    ``dense`` and ``extra`` (bytes of other sections, already taken off ``target``) only shape messages.
+    """
+    dense = dense or dense_bytes(epochs * samples, classes)
     for name, v in (("k", k), ("dc", dc), ("dh", dh)):
         if v is not None and v < (2 if name == "k" else 1):
             raise SlcInputError(f"expected {name} >= {2 if name == 'k' else 1}, got {v}")
@@ -148,13 +159,13 @@ def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: 
             if m == 0:
                 continue
             score = (m * b if dh is not None else 0, -abs(b - PREFERRED_BITS) if k is None else 0,
-                     -abs(dc_ - PREFERRED_DC) if dc is None else 0, m * b)
+                     -abs(dc_ - preferred_dc(classes, m)) if dc is None else 0, m * b)
             if best is None or score > best[0]:
                 best = (score, k_, dc_, m * dc_)
     if best is None:
         k_, dc_, dh_ = k or 2, dc or 1, dh or (dc or 1)
-        smallest = size(k_, dc_, dh_)
-        raise SlcInputError(f"expected a reachable target: {target:,} bytes is below the smallest VQAE file "
+        smallest = size(k_, dc_, dh_) + extra
+        raise SlcInputError(f"expected a reachable target: {target + extra:,} bytes is below the smallest VQAE file "
                             f"for these labels ({smallest:,} bytes, {dense / smallest:.1f}x); the nearest "
                             f"reachable ratio is {dense / smallest:.1f}x")
     _, k_, dc_, dh_ = best
@@ -168,30 +179,41 @@ def plan_vqae(classes: int, epochs: int, samples: int, chunk_size: int, target: 
     return Plan("vqae", {"k": k_, "dc": dc_, "dh": dh_}, s, dense, why)
 
 
-def topk_bytes(classes, epochs, samples, chunk_size, k) -> int:
-    bits = code_bits(classes)
-    return container_bytes(epochs, samples, chunk_size, lambda n: n * k * 2 + packed_size(n * k, bits), [])
+def ladder_bytes(codec, params: dict, classes: int, epochs: int, samples: int, chunk_size: int) -> int:
+    """File size of a codec sized by the generic planner (see ``Codec.ladder``)."""
+    return container_bytes(epochs, samples, chunk_size, lambda n: codec.planned_payload(params, classes, n),
+                           codec.planned_tensors(params, classes))
 
 
-def plan_topk(classes: int, epochs: int, samples: int, chunk_size: int, target: int | None,
-              k: int | None = None) -> Plan:
-    dense = dense_bytes(epochs * samples, classes)
-    if k is None:
-        if target is None:
-            k = 10
-        else:
-            fits = [k_ for k_ in range(1, classes) if topk_bytes(classes, epochs, samples, chunk_size, k_) <= target]
-            if not fits:
-                raise SlcInputError(f"expected a reachable target: {target:,} bytes is below top-1 "
-                                    f"({topk_bytes(classes, epochs, samples, chunk_size, 1):,} bytes)")
-            k = fits[-1]
-    if not 1 <= k < classes:
-        raise SlcInputError(f"expected 1 <= k < {classes} for top-k, got {k}")
-    s = topk_bytes(classes, epochs, samples, chunk_size, k)
-    return Plan("topk", {"k": k}, s, dense, [f"top-{k}: {dense / s:.1f}x"])
+def describe(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def plan_dense(classes: int, epochs: int, samples: int, chunk_size: int, itemsize: int = 2) -> Plan:
-    dense = dense_bytes(epochs * samples, classes)
-    s = container_bytes(epochs, samples, chunk_size, lambda n: n * classes * itemsize, [])
-    return Plan("dense", {"dtype": "<f2" if itemsize == 2 else "<f4"}, s, dense, ["dense labels"])
+def plan_ladder(codec, preset: str, classes: int, epochs: int, samples: int, chunk_size: int,
+                target: int | None, options: dict, dense: int | None = None, extra: int = 0) -> Plan:
+    """The largest rung of ``codec``'s ladder whose file fits ``target`` (the only rung if none is given).
+
+    ``dense``: the fp16 bytes ratios are quoted against (default: these labels').
+    """
+    dense = dense or dense_bytes(epochs * samples, classes)
+    try:
+        rungs = codec.ladder(classes, options)
+    except ValueError as e:
+        raise SlcInputError(f"expected parameters {preset} can use, got {e}") from None
+    if not rungs:
+        raise SlcInputError(f"expected parameters {preset} can use for {classes} classes, got {options}")
+    sizes = [ladder_bytes(codec, p, classes, epochs, samples, chunk_size) for p in rungs]
+    if target is None:
+        if len(rungs) > 1:
+            raise SlcInputError(f"expected --ratio or --budget to size {preset}, got neither")
+        pick = 0
+    else:
+        fits = [i for i, s in enumerate(sizes) if s <= target]
+        if not fits:
+            small, target = min(sizes) + extra, target + extra
+            raise SlcInputError(f"expected a reachable target: {target:,} bytes ({dense / target:.1f}x) is below the "
+                                f"smallest {preset} file ({small:,} bytes); the nearest reachable ratio is "
+                                f"{dense / small:.1f}x")
+        pick = max(fits, key=lambda i: (sizes[i], -i))
+    s = sizes[pick]
+    return Plan(preset, rungs[pick], s, dense, [f"{preset} {describe(rungs[pick])}: {s:,} bytes = {dense / s:.1f}x"])

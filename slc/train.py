@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from .atomic import atomic_output, check_output, fsync_folder
 from .augment import BOX_DTYPE, Recipe, render
-from .dataset import EpochSampler, SoftLabelDataset, resize_view
+from .dataset import BatchPoolSampler, EpochSampler, SoftLabelDataset, resize_view
 from .errors import SlcInputError
 from .images import ImageSet, open_images
 from .students import build_student, list_students
@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     hard: bool = False  # the floor: cross-entropy on the labels' argmax instead of KL to the soft labels
     size: int | None = None  # student input size: the teacher's crops resized to it (default: as encoded)
+    sampling: str = "cycle"  # "cycle": stored epoch e % E in order; "lpld": random stored batches (BatchPoolSampler)
 
 
 def full_view(images: ImageSet, recipe: Recipe, i: int) -> torch.Tensor:
@@ -248,7 +249,14 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
     steps = epochs * math.ceil((len(ds) // ds.epochs) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    sampler = EpochSampler(ds)
+    if cfg.sampling not in ("cycle", "lpld"):
+        raise SlcInputError(f"expected sampling 'cycle' or 'lpld', got {cfg.sampling!r}")
+    if cfg.sampling == "lpld":
+        sampler = BatchPoolSampler(ds, cfg.batch_size, cfg.seed)
+        batches: dict = {"batch_sampler": sampler}
+    else:
+        sampler = EpochSampler(ds)
+        batches = {"sampler": sampler, "batch_size": cfg.batch_size}
     rows: list[dict] = []
     first, before, per_epoch = 0, 0.0, len(ds) // ds.epochs
     if state is not None:
@@ -275,7 +283,7 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
             sampler.set_epoch(epoch)
             model.train()
             total, seen, t0 = 0.0, 0, time.perf_counter()
-            for x, y in DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers):
+            for x, y in DataLoader(ds, num_workers=cfg.workers, **batches):
                 x, y = x.to(device), y.to(device)
                 if cfg.hard:
                     loss = F.cross_entropy(model(x), y.argmax(-1))

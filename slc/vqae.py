@@ -135,15 +135,25 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 12, gen: torch.Generator | None
     return centers
 
 
-def _pca_init(model: VQAE, x: torch.Tensor) -> None:
+def principal_axes(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(c,)`` and top-``d`` principal directions ``(c, d)`` of the rows of ``x``, largest first.
+
+    Directions beyond ``c`` are zero columns. Shared by the VQAE's PCA initialisation and the
+    ``pca`` baseline codec, so both see the same axes for the same rows.
+    """
     mean = x.mean(0)
     xc = x - mean
-    # top-d_h principal directions from the c x c covariance (c is at most a few thousand)
+    # top-d principal directions from the c x c covariance (c is at most a few thousand)
     cov = xc.t() @ xc / x.shape[0]
     evals, evecs = torch.linalg.eigh(cov.double())
-    basis = evecs[:, -model.dh:].flip(1).float()  # (c, dh)
-    if basis.shape[1] < model.dh:
-        basis = torch.cat([basis, torch.zeros(x.shape[1], model.dh - basis.shape[1])], 1)
+    basis = evecs[:, -d:].flip(1).float()  # (c, d)
+    if basis.shape[1] < d:
+        basis = torch.cat([basis, torch.zeros(x.shape[1], d - basis.shape[1])], 1)
+    return mean, basis
+
+
+def _pca_init(model: VQAE, x: torch.Tensor) -> None:
+    mean, basis = principal_axes(x, model.dh)
     with torch.no_grad():
         model.encoder.weight.copy_(basis.t())
         model.encoder.bias.copy_(-(mean @ basis))

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from slc.errors import SlcInputError
-from slc.sizing import (GB, dense_bytes, paper_pca_bytes, paper_topk_bytes, paper_vq_bytes, parse_size, plan_topk,
+from slc.compress import plan_for
+from slc.sizing import (GB, dense_bytes, paper_pca_bytes, paper_topk_bytes, paper_vq_bytes, parse_size,
                         plan_vqae, vqae_bytes)
 
 IPC10 = 10 * 1000 * 300  # labels: IPC 10 x 1000 classes x 300 epochs
@@ -56,8 +57,8 @@ def test_plan_keeps_explicit_parameters():
 def test_unreachable_targets_say_so():
     with pytest.raises(SlcInputError, match="reachable"):
         plan_vqae(1000, 1, 100, 4096, 1000)
-    with pytest.raises(SlcInputError, match="reachable"):
-        plan_topk(1000, 1, 100, 4096, 100)
+    with pytest.raises(SlcInputError, match="nearest reachable ratio"):
+        plan_for("topk", (1, 100, 1000), 4096, budget=100)
     with pytest.raises(SlcInputError, match="divide"):
         plan_vqae(1000, 1, 100, 4096, None, dc=7, dh=64)
     with pytest.raises(SlcInputError, match="k >= 2"):
@@ -74,3 +75,11 @@ def test_parse_size(text, value):
 def test_parse_size_rejects(text):
     with pytest.raises(SlcInputError):
         parse_size(text)
+
+
+def test_few_classes_keep_a_wide_enough_latent():
+    # 10 classes, one code per label: the latent spans the classes instead of 2 dimensions (README "Few classes")
+    p = plan_vqae(10, 100, 100, 4096, dense_bytes(100 * 100, 10) // 10).params
+    assert p["dh"] // p["dc"] == 1 and p["dc"] >= 5
+    for ratio in (10, 40, 100):  # 1000 classes: unchanged, codes of d_c = 2
+        assert plan_vqae(1000, 300, 10000, 4096, dense_bytes(IPC10, 1000) // ratio).params["dc"] == 2

@@ -4,10 +4,14 @@ from __future__ import annotations
 from ..errors import SlcFormatError
 from .base import Codec, Kind
 from .dense import DenseCodec
-from .topk import TopKCodec
+from .pca import PCACodec
+from .quant import QuantCodec
+from .topk import TopKCodec, TopKMRCodec, TopKMRSCodec
+from .vq import VQCodec
 from .vqae import VQAECodec
 
-CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, VQAECodec)}
+CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, TopKMRCodec, TopKMRSCodec, VQAECodec,
+                                                       PCACodec, QuantCodec, VQCodec)}
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -16,4 +20,5 @@ def codec_class(name: str) -> type[Codec]:
     return CODECS[name]
 
 
-__all__ = ["CODECS", "Codec", "Kind", "DenseCodec", "TopKCodec", "VQAECodec", "codec_class"]
+__all__ = ["CODECS", "Codec", "Kind", "DenseCodec", "TopKCodec", "TopKMRCodec", "TopKMRSCodec", "VQAECodec",
+           "PCACodec", "QuantCodec", "VQCodec", "codec_class"]

@@ -22,6 +22,8 @@ class Codec(ABC):
     """
 
     name: ClassVar[str]
+    since_minor: ClassVar[int] = 0  # the format minor version that introduced this codec
+    fit_seconds: float = 0.0
 
     def __init__(self, classes: int):
         self.classes = classes
@@ -62,6 +64,31 @@ class Codec(ABC):
     @abstractmethod
     def from_file(cls, params: dict, tensors: dict[str, np.ndarray], classes: int) -> "Codec":
         """Rebuild from stored params and tensors. Must validate ``params`` fully."""
+
+    # ---------------------------------------------------------------- planning and fitting
+    # Codecs sized by one knob (top-k's k, PCA's components, quantisation bits) describe their
+    # sizes here and the generic planner in ``slc.sizing`` picks the largest that fits a target.
+    @classmethod
+    def ladder(cls, classes: int, options: dict) -> list[dict]:
+        """Candidate ``plan params``, from the smallest file to the largest."""
+        raise NotImplementedError(f"{cls.name} is not sized by the generic planner")
+
+    @classmethod
+    def planned_payload(cls, params: dict, classes: int, n: int) -> int:
+        """Payload bytes of ``n`` labels for planned ``params`` (as :meth:`payload_size`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def planned_tensors(cls, params: dict, classes: int) -> list[int]:
+        """Byte sizes of the tensor sections for planned ``params``."""
+        return []
+
+    @classmethod
+    def fit(cls, logp: np.ndarray | None, classes: int, params: dict, seed: int = 0) -> "Codec":
+        """A codec for planned ``params``, fitted on ``logp`` (log-probabilities at T) if it learns anything."""
+        raise NotImplementedError
+
+    needs_fit: ClassVar[bool] = False  # whether :meth:`fit` needs a sample of labels
 
 
 def param(params: dict, key: str, typ: type | tuple[type, ...], lo: float | None = None,

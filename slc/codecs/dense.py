@@ -18,7 +18,7 @@ class DenseCodec(Codec):
         return {"dtype": self.dtype.str}
 
     def payload_size(self, n: int) -> int:
-        return n * self.classes * self.dtype.itemsize
+        return self.planned_payload(self.params(), self.classes, n)
 
     def encode(self, logp: np.ndarray) -> bytes:
         return np.exp(logp).astype(self.dtype).tobytes()
@@ -32,3 +32,15 @@ class DenseCodec(Codec):
     @classmethod
     def from_file(cls, params, tensors, classes):
         return cls(classes, param(params, "dtype", str, choices=("<f2", "<f4")))
+
+    @classmethod
+    def ladder(cls, classes, options):
+        return [{"dtype": options.get("dtype", "<f2")}]
+
+    @classmethod
+    def planned_payload(cls, params, classes, n):
+        return n * classes * np.dtype(params["dtype"]).itemsize
+
+    @classmethod
+    def fit(cls, logp, classes, params, seed=0):
+        return cls(classes, params["dtype"])

@@ -1,4 +1,13 @@
-"""Top-k probabilities plus their indices, the rest spread uniformly (FKD's marginal smoothing, eq. S15)."""
+"""Top-k probabilities plus their indices (eq. S15), with the tail treatments of the baselines.
+
+The payload is the same for all three; what the classes outside the top k get differs, and
+so does the codec name (an older reader must refuse a tail it does not know, not guess):
+
+- ``topk``: the mass the top k leave, spread uniformly (FKD's marginal smoothing);
+- ``topk-mr``: nothing; the top k are renormalised (LPQLD's MR, a softmax over the top-k logits);
+- ``topk-mrs``: each gets the smallest stored probability, then all renormalised (LPQLD's MRS,
+  "fill with the minimum logit").
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +16,9 @@ from ..bitpack import bits_for as index_bits, pack_bits, packed_size, unpack_bit
 from ..errors import expect
 from .base import Codec, param, split_payload
 
-
 class TopKCodec(Codec):
     name = "topk"
+    tail = "uniform"
 
     def __init__(self, classes: int, k: int):
         super().__init__(classes)
@@ -22,7 +31,7 @@ class TopKCodec(Codec):
         return {"k": self.k, "index_bits": self.bits}
 
     def payload_size(self, n: int) -> int:
-        return n * self.k * 2 + packed_size(n * self.k, self.bits)
+        return self.planned_payload({"k": self.k}, self.classes, n)
 
     def encode(self, logp: np.ndarray) -> bytes:
         idx = np.argpartition(-logp, self.k - 1, axis=1)[:, : self.k]
@@ -40,10 +49,16 @@ class TopKCodec(Codec):
         expect(idx.max() < self.classes, f"top-k indices < {self.classes}", idx.max())
         s = np.sort(idx, axis=1)
         expect(not (s[:, 1:] == s[:, :-1]).any(), "distinct top-k indices in each label", "a repeated index")
-        rest = np.clip(1.0 - vals.sum(1, keepdims=True), 0.0, None) / (self.classes - self.k)
+        if self.tail == "uniform":
+            rest = np.clip(1.0 - vals.sum(1, keepdims=True), 0.0, None) / (self.classes - self.k)
+        elif self.tail == "min":
+            rest = vals.min(1, keepdims=True)
+        else:
+            rest = np.zeros((n, 1), np.float32)
         out = np.repeat(rest, self.classes, axis=1)
         np.put_along_axis(out, idx, vals, axis=1)
-        out /= out.sum(1, keepdims=True)
+        total = out.sum(1, keepdims=True)
+        out /= np.where(total > 0, total, 1.0)  # an all-zero fp16 row (k tiny, flat label) stays zero
         return out, "probs"
 
     @classmethod
@@ -51,3 +66,28 @@ class TopKCodec(Codec):
         k = param(params, "k", int, 1, classes - 1)
         param(params, "index_bits", int, choices=(index_bits(classes),))
         return cls(classes, k)
+
+    # ---------------------------------------------------------------- planning
+    @classmethod
+    def ladder(cls, classes, options):
+        return [{"k": k} for k in ([options["k"]] if "k" in options else range(1, classes))]
+
+    @classmethod
+    def planned_payload(cls, params, classes, n):
+        return n * params["k"] * 2 + packed_size(n * params["k"], index_bits(classes))
+
+    @classmethod
+    def fit(cls, logp, classes, params, seed=0):
+        return cls(classes, params["k"])
+
+
+class TopKMRCodec(TopKCodec):
+    name = "topk-mr"
+    tail = "renorm"
+    since_minor = 2
+
+
+class TopKMRSCodec(TopKCodec):
+    name = "topk-mrs"
+    tail = "min"
+    since_minor = 2

@@ -1,0 +1,173 @@
+"""PCA baseline (eq. S16): per label, ``k`` fp16 projections on fp16 principal components.
+
+Also home of the small helpers the fitted baselines (``pca``, ``quant``, ``vq``) share:
+domain/eps validation, planner options, finiteness checks and single-threaded fitting.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ..errors import SlcFormatError, SlcInputError, expect
+from ..labels import as_tensor
+from ..vqae import encoder_input, principal_axes, renormalise
+from .base import Codec, param
+
+DOMAINS = ("logit", "prob")
+FP16_MAX = float(np.finfo(np.float16).max)
+MAX_FIT_ROWS = 50_000  # rows the covariance is estimated on: plenty for C up to a few thousand
+
+
+# ---------------------------------------------------------------- helpers shared by the fitted baselines
+@contextmanager
+def one_thread():
+    """Run torch on one thread: multi-threaded reductions sum in a varying order (see ``fit_vqae``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def domain_eps(params: dict) -> tuple[str, float]:
+    """Validate ``domain`` and ``eps`` of stored params (``eps > 0`` for the prob domain)."""
+    domain = param(params, "domain", str, choices=DOMAINS)
+    eps = param(params, "eps", (int, float), 0.0, 1.0)
+    if domain == "prob" and not eps > 0:
+        raise SlcFormatError(f"expected eps > 0 for the prob domain, got {eps}")
+    return domain, float(eps)
+
+
+def plan_option(options: dict, key: str, default, typ, **limits):
+    """A user-fixed planner option, validated like a stored param but reported as bad input."""
+    if key not in options or options[key] is None:
+        return default
+    try:
+        return param(options, key, typ, **limits)
+    except SlcFormatError as e:
+        raise SlcInputError(str(e)) from None
+
+
+def plan_domain_eps(options: dict, default_domain: str) -> tuple[str, float]:
+    domain = plan_option(options, "domain", default_domain, str, choices=DOMAINS)
+    eps = float(plan_option(options, "eps", 1e-8, (int, float), lo=0.0, hi=1.0))
+    if domain == "prob" and not eps > 0:
+        raise SlcInputError(f"expected eps > 0 for the prob domain, got {eps}")
+    return domain, eps
+
+
+def check_tensors(tensors: dict[str, np.ndarray], specs: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """Each declared tensor present with its shape, and finite."""
+    for name, (_, shape) in specs.items():
+        expect(name in tensors, f"tensor {name!r}", f"tensors {sorted(tensors)}")
+        arr = tensors[name]
+        expect(tuple(arr.shape) == shape, f"tensor {name!r} of shape {list(shape)}", list(arr.shape))
+        if not np.isfinite(arr).all():
+            raise SlcFormatError(f"expected finite values in {name}, got NaN or inf")
+
+
+def fp16_round(a) -> np.ndarray:
+    """What a reader sees of an fp16 tensor, as fp32."""
+    return np.asarray(a, np.float32).astype("<f2").astype(np.float32)
+
+
+# ---------------------------------------------------------------- the codec
+class PCACodec(Codec):
+    name = "pca"
+    since_minor = 2
+    needs_fit = True
+
+    def __init__(self, classes: int, mean: np.ndarray, basis: np.ndarray, domain: str = "logit", eps: float = 1e-8):
+        super().__init__(classes)
+        k = basis.shape[0]
+        if not 1 <= k < classes or basis.shape != (k, classes) or mean.shape != (classes,):
+            raise ValueError(f"expected a (k, {classes}) basis with 1 <= k < {classes} and a ({classes},) mean, "
+                             f"got {basis.shape} and {mean.shape}")
+        self.k, self.domain, self.eps = k, domain, eps
+        # stored precision is what the decoder sees, so encode against the rounded tensors too
+        self.mean = torch.from_numpy(fp16_round(mean))
+        self.basis = torch.from_numpy(fp16_round(basis))
+
+    # ---------------------------------------------------------------- storage
+    def params(self) -> dict:
+        return {"components": self.k, "domain": self.domain, "eps": self.eps}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"pca.mean": self.mean.numpy().astype("<f2"), "pca.basis": self.basis.numpy().astype("<f2")}
+
+    @classmethod
+    def _checked(cls, params: dict, classes: int) -> tuple[int, str, float]:
+        k = param(params, "components", int, 1, classes - 1)
+        return (k, *domain_eps(params))
+
+    @classmethod
+    def tensor_specs(cls, params, classes):
+        k, _, _ = cls._checked(params, classes)
+        return {"pca.mean": ("<f2", (classes,)), "pca.basis": ("<f2", (k, classes))}
+
+    @classmethod
+    def from_file(cls, params, tensors, classes):
+        k, domain, eps = cls._checked(params, classes)
+        check_tensors(tensors, cls.tensor_specs(params, classes))
+        return cls(classes, tensors["pca.mean"], tensors["pca.basis"], domain, eps)
+
+    # ---------------------------------------------------------------- planning and fitting
+    @classmethod
+    def ladder(cls, classes, options):
+        domain, eps = plan_domain_eps(options, "logit")
+        k = plan_option(options, "components", None, int, lo=1, hi=classes - 1)
+        ks = [k] if k is not None else range(1, classes)
+        return [{"components": c, "domain": domain, "eps": eps} for c in ks]
+
+    @classmethod
+    def planned_payload(cls, params, classes, n):
+        return 2 * n * params["components"]
+
+    @classmethod
+    def planned_tensors(cls, params, classes):
+        return [2 * classes, 2 * params["components"] * classes]
+
+    @classmethod
+    def fit(cls, logp, classes, params, seed=0):
+        k, domain, eps = cls._checked(params, classes)
+        if logp is None or logp.ndim != 2 or logp.shape[1] != classes or logp.shape[0] < 1:
+            raise SlcInputError(f"expected a sample of (n, {classes}) labels to fit pca, got "
+                                f"{None if logp is None else logp.shape}")
+        with one_thread(), torch.no_grad():
+            gen = torch.Generator().manual_seed(seed)
+            n = logp.shape[0]
+            rows = torch.randperm(n, generator=gen)[:MAX_FIT_ROWS].sort().values if n > MAX_FIT_ROWS else slice(None)
+            x = encoder_input(as_tensor(logp)[rows], domain)
+            mean, basis = principal_axes(x, k)
+            basis = basis.t().contiguous()  # (k, C)
+            # eigenvectors have no sign: fix it (largest |entry| positive) so the bytes do not hinge on LAPACK
+            pivot = basis.gather(1, basis.abs().argmax(1, keepdim=True))
+            basis *= torch.where(pivot < 0, -1.0, 1.0)
+        return cls(classes, mean.numpy(), basis.numpy(), domain, eps)
+
+    # ---------------------------------------------------------------- coding
+    def payload_size(self, n: int) -> int:
+        return 2 * n * self.k
+
+    def work_per_label(self) -> int:
+        return self.classes + self.k
+
+    @torch.no_grad()
+    def encode(self, logp: np.ndarray) -> bytes:
+        x = encoder_input(as_tensor(logp), self.domain)
+        coeff = (x - self.mean) @ self.basis.t()
+        return coeff.clamp(-FP16_MAX, FP16_MAX).numpy().astype("<f2").tobytes()
+
+    @torch.no_grad()
+    def decode(self, payload, n):
+        expect(len(payload) == self.payload_size(n), f"a payload of {self.payload_size(n)} bytes", len(payload))
+        coeff = np.frombuffer(payload, dtype="<f2").reshape(n, self.k).astype(np.float32)
+        if not np.isfinite(coeff).all():
+            raise SlcFormatError("expected finite pca coefficients, got NaN or inf")
+        out = torch.addmm(self.mean, torch.from_numpy(coeff), self.basis)
+        if self.domain == "prob":
+            return renormalise(out, self.eps).numpy(), "probs"
+        return out.numpy(), "logits"
