@@ -12,6 +12,7 @@ import numpy as np
 
 from . import __version__
 from .errors import SlcError
+from .presets import PRESETS as CODEC_PRESETS
 
 
 def handle_errors(fn):
@@ -46,11 +47,11 @@ def progress_bar(total: int, desc: str, unit: str = "label"):
                 disable=None, smoothing=0.1)
 
 
-def console():
+def console(wide: bool = False):
     from rich.console import Console
 
     # rich falls back to 80 columns when piped, which wraps the wider tables cell by cell
-    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160 if wide else 120)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,10 +64,10 @@ def cli():
 def codec_options(fn):
     """The options that choose and size the codec, shared by ``compress`` and ``encode``."""
     opts = [
-        click.option("--codec", default="auto", show_default=True,
-                     type=click.Choice(["auto", "vqae", "vqae-paper", "topk", "fp16", "fp32"]),
+        click.option("--codec", default="auto", show_default=True, type=click.Choice(list(CODEC_PRESETS)),
                      help="auto: fit vqae and size top-k to the same bytes, keep the lower held-out KL. "
-                          "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly."),
+                          "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly. "
+                          "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32."),
         click.option("-T", "--temperature", type=float, default=1.0, show_default=True,
                      help="Temperature the student will train at; stored in the file, fidelity is measured at it."),
         click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40]."),
@@ -74,6 +75,9 @@ def codec_options(fn):
         click.option("--k", "k", type=int, help="Codebook size (VQAE) or kept classes (top-k)."),
         click.option("--dc", type=int, help="Code dimension d_c (VQAE)."),
         click.option("--dh", type=int, help="Latent dimension d_h (VQAE); d_c must divide it."),
+        click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                     help="Fix a baseline codec parameter, e.g. --param bits=3 (quant), --param components=32 "
+                          "(pca), --param domain=prob. Repeatable."),
         click.option("--chunk-size", type=int, default=4096, show_default=True,
                      help="Labels per chunk (also the unit of --resume)."),
         click.option("--zstd", is_flag=True, help="zstd-code each chunk (kept only where it saves bytes)."),
@@ -93,7 +97,26 @@ def codec_options(fn):
     return fn
 
 
-def codec_kwargs(codec, temperature, ratio, budget, k, dc, dh, chunk_size, zstd, tensor_dtype, fit_labels,
+def parse_params(params: tuple[str, ...]) -> dict:
+    """``("bits=3", "domain=prob")`` -> ``{"bits": 3, "domain": "prob"}``."""
+    from .errors import SlcInputError
+
+    out: dict = {}
+    for item in params:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SlcInputError(f"expected --param KEY=VALUE, got {item!r}")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+def codec_kwargs(codec, temperature, ratio, budget, k, dc, dh, params, chunk_size, zstd, tensor_dtype, fit_labels,
                  fit_steps, force, resume) -> dict:
     from .sizing import parse_size
     from .vqae import FitConfig
@@ -104,7 +127,7 @@ def codec_kwargs(codec, temperature, ratio, budget, k, dc, dh, chunk_size, zstd,
     kw = dict(codec=codec, temperature=temperature, ratio=ratio, budget=parse_size(budget) if budget else None,
               k=k, dc=dc, dh=dh, chunk_size=chunk_size, zstd=zstd,
               tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype],
-              fit_config=fit_config, force=force, resume=resume)
+              fit_config=fit_config, force=force, resume=resume, options=parse_params(params))
     if fit_labels is not None:
         kw["fit_labels"] = fit_labels
     return kw
@@ -175,9 +198,11 @@ class Reporter:
 @click.option("-o", "--output", required=True, help="Output .slc path.")
 @click.option("--logits", "source", flag_value="logits", help="LABELS are logits.")
 @click.option("--probs", "source", flag_value="probs", help="LABELS are probabilities.")
+@click.option("--prune", type=float, help="LPLD pruning: keep a random 1/PRUNE of the epochs (stacks with --codec; "
+              "--ratio still counts against all epochs).")
 @codec_options
 @handle_errors
-def compress(labels, output, source, seed, quiet, **codec):
+def compress(labels, output, source, prune, seed, quiet, **codec):
     """Compress soft labels into an .slc file.
 
     LABELS is an .npy of shape (N, C) or (E, N, C), an HDF5 dataset FILE.h5:/path,
@@ -196,7 +221,7 @@ def compress(labels, output, source, seed, quiet, **codec):
     rep = Reporter(quiet)
     rep.log(f"labels: {e} epochs x {n} samples x {c} classes from {src.name}")
     try:
-        result = run(src, output, source=source or "auto", seed=seed, log=rep.log, fit_progress=rep.fit,
+        result = run(src, output, source=source or "auto", seed=seed, prune=prune, log=rep.log, fit_progress=rep.fit,
                      progress=rep.written(e * n, "encode", "label"), **kwargs)
     finally:
         rep.close()
@@ -205,8 +230,8 @@ def compress(labels, output, source, seed, quiet, **codec):
                f"({result.source}, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
 
 
-def floats(text: str | None, n: tuple[int, ...], what: str) -> tuple[float, ...] | None:
-    """Parse "a,b,c" into floats, checking the count is one of ``n``."""
+def floats(text: str | None, n: tuple[int, ...] | None, what: str) -> tuple[float, ...] | None:
+    """Parse "a,b,c" into floats, checking the count is one of ``n`` (any count if None)."""
     if text is None:
         return None
     from .errors import SlcInputError
@@ -215,7 +240,7 @@ def floats(text: str | None, n: tuple[int, ...], what: str) -> tuple[float, ...]
         v = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise SlcInputError(f"expected comma-separated numbers for {what}, got {text!r}") from None
-    if len(v) not in n:
+    if n is not None and len(v) not in n:
         raise SlcInputError(f"expected {' or '.join(map(str, n))} numbers for {what}, got {len(v)} ({text!r})")
     return v
 
@@ -321,6 +346,9 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--hard", is_flag=True, help="Train on the labels' argmax with cross-entropy: the hard-label floor.")
 @click.option("--size", type=int, help="Student input size: the teacher's crops resized to it [default: as encoded].")
+@click.option("--sampling", type=click.Choice(["cycle", "lpld"]), default="cycle", show_default=True,
+              help="cycle: stored epoch e %% E in order. lpld: each epoch draws stored batches at random from all "
+                   "stored epochs (LPLD's sampling; for pruned files).")
 @click.option("--val", help="ImageFolder with ground-truth classes: top-1/top-5 accuracy.")
 @click.option("--teacher", help="TorchScript teacher: agreement and KL to it on --heldout images.")
 @click.option("--heldout", help="Held-out images for --teacher.")
@@ -333,7 +361,7 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weight_decay, temperature, workers,
-                  device, seed, hard, size, val, teacher, heldout, as_json, force, resume, checkpoint_every, quiet):
+                  device, seed, hard, size, sampling, val, teacher, heldout, as_json, force, resume, checkpoint_every, quiet):
     """Train a student from IMAGES plus the soft labels in LABELS (an .slc made by `slc encode`).
 
     Every epoch replays the teacher's crops exactly and decodes labels on the fly. After each epoch
@@ -348,7 +376,7 @@ def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weig
     rep = Reporter(quiet)
     cfg = TrainConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       temperature=temperature, workers=workers, checkpoint_every=checkpoint_every, device=device,
-                      seed=seed, hard=hard, size=size)
+                      seed=seed, hard=hard, size=size, sampling=sampling)
     try:
         result = run(labels, images, out_dir, cfg, val=val, teacher=teacher, heldout=heldout, force=force,
                      resume=resume, log=rep.log, progress=rep.trained("train"))
@@ -513,6 +541,120 @@ def main() -> None:
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # behave like a Unix filter in pipelines
     cli(prog_name="slc")
+
+
+# --------------------------------------------------------------------------- bench
+@cli.command()
+@click.argument("labels")
+@click.option("--codecs", help="Comma-separated codecs; prune (LPLD, fp16) and pruneR+CODEC stack pruning "
+              "[default: auto,vqae,vqae-paper,vq-noae,topk,topk-mr,topk-mrs,pca,quant,prune4+vqae].")
+@click.option("--ratios", default="10,20,40,100,200", show_default=True, help="Target ratios against dense fp16.")
+@click.option("-T", "--temperature", "temperatures", type=float, multiple=True,
+              help="Temperature(s) to fit and score at, repeatable [default: the file's, or 1].")
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="Share of each epoch's positions (the last ones) held out of fitting and scored.")
+@click.option("--logits", "source", flag_value="logits", help="LABELS are logits.")
+@click.option("--probs", "source", flag_value="probs", help="LABELS are probabilities.")
+@click.option("--fit-steps", type=int, help="Optimizer steps when fitting a VQAE.")
+@click.option("--fit-labels", type=int, help="Labels sampled to fit each codec [default: 65,536].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", "plot_path", help="Write a rate-distortion PNG (KL against bytes, one line per codec).")
+@click.option("--json", "json_path", help="Write every row as JSON here (- for stdout).")
+@click.option("--markdown", "md_path", help="Write the table as markdown here.")
+@click.option("--keep", "keep_dir", help="Keep every .slc written, in this folder.")
+@click.option("--student", "student_images", help="Also train a student per row on these images (LABELS must be "
+              "an .slc from `slc encode`), plus a hard-label floor and the input as ceiling.")
+@click.option("--teacher", help="With --student: TorchScript teacher to score students against on --heldout.")
+@click.option("--heldout", help="With --student: held-out images for --teacher.")
+@click.option("--val", help="With --student: ImageFolder with ground-truth classes.")
+@click.option("--arch", default="convnet-w64", show_default=True, help="With --student: the student network.")
+@click.option("--epochs", type=int, help="With --student: training epochs [default: the stored epochs].")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--size", type=int, help="With --student: student input size.")
+@click.option("--force", is_flag=True, help="Overwrite --plot/--json/--markdown outputs and reuse --keep.")
+@click.option("-q", "--quiet", is_flag=True)
+@handle_errors
+def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_labels, seed, plot_path, json_path,
+          md_path, keep_dir, student_images, teacher, heldout, val, arch, epochs, batch_size, lr, size, force, quiet):
+    """Every codec at every ratio on your labels: bytes, held-out KL, agreement, speed.
+
+    LABELS is an .npy, an HDF5 dataset FILE.h5:/path, or an .slc (e.g. dense fp16 from `slc encode`).
+    A codec or ratio that cannot be used is reported in its row; the others go on.
+
+    \b
+    Example:
+        slc bench labels-fp16.slc --ratios 10,40,100 -T 1 -T 4 --plot rd.png
+    """
+    from .bench import DEFAULT_CODECS, BenchConfig, columns, header, markdown, plot, run_bench, train_students
+    from .errors import SlcInputError
+    from .resume import preflight
+
+    for path in (plot_path, md_path, None if json_path == "-" else json_path):
+        if path:
+            preflight(path, force, False)
+    if student_images and not (teacher and heldout or val):
+        raise SlcInputError("expected --teacher with --heldout, or --val, to score the students; got neither")
+    cfg = BenchConfig(codecs=tuple(codecs.split(",")) if codecs else DEFAULT_CODECS,
+                      ratios=floats(ratios, None, "--ratios"), temperatures=temperatures or None,
+                      holdout=holdout, fit_steps=fit_steps, fit_labels=fit_labels, seed=seed, source=source or "auto")
+    rep = Reporter(quiet)
+    keep = keep_dir
+    if student_images and not keep:
+        import tempfile
+
+        keep = tempfile.mkdtemp(prefix="slc-bench-")
+    if keep:
+        if os.path.isdir(keep) and os.listdir(keep) and not force:
+            raise SlcInputError(f"expected a new or empty folder for --keep, got {keep} with files in it "
+                                "(pass --force)")
+        os.makedirs(keep, exist_ok=True)
+    try:
+        result = run_bench(labels, cfg, workdir=keep, log=rep.log)
+        students = bool(student_images)
+        if students:
+            from .train import TrainConfig
+
+            tc = TrainConfig(student=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, size=size)
+            result["reference_rows"] = train_students(result, student_images, keep, tc, teacher=teacher,
+                                                      heldout=heldout, val=val, log=rep.log,
+                                                      progress=lambda name, n: rep.trained(f"student: {name}", n))
+    finally:
+        rep.close()
+    from rich.table import Table
+
+    e, n, c = result["shape"]
+    t = Table(title=f"slc bench: {labels} ({e} x {n} x {c} {result['source']}); held-out positions "
+                    f"{result['holdout_start']}..{n - 1} of each epoch")
+    for i, col in enumerate(header(result, students)):
+        t.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in result.get("reference_rows", []) + result["rows"]:
+        t.add_row(*columns(r, result, students))
+    con = console(wide=True)
+    con.print(t)
+    for line in result["verdicts"]:
+        con.print(line)
+    for r in result["rows"]:
+        if "error" in r:
+            con.print(f"{r['codec']} {r['target']:g}x: {r['error']}")
+    for r in result["refused"]:
+        con.print(f"refused: {r['error']}")
+    if plot_path:
+        plot(result, plot_path, force)
+    if md_path:
+        from .atomic import atomic_output
+
+        with atomic_output(md_path, force) as f:
+            f.write(markdown(result, students).encode())
+    if json_path:
+        text = json.dumps(result, indent=2, default=str)
+        if json_path == "-":
+            click.echo(text)
+        else:
+            from .atomic import atomic_output
+
+            with atomic_output(json_path, force) as f:
+                f.write(text.encode())
 
 
 # --------------------------------------------------------------------------- demo

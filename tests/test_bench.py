@@ -1,0 +1,61 @@
+"""`slc bench`: real CLI runs on small synthetic labels (quality claims live in the README's real-label table)."""
+import json
+
+import numpy as np
+import pytest
+
+from slc.bench import BenchConfig, parse_spec, run_bench
+from slc.compress import fit_sample
+from slc.errors import SlcInputError
+from slc.sources import ArraySource
+from tests.conftest import run_slc, synthetic_logits
+
+
+def test_bench_cli_rows_errors_plot_and_json(tmp_path):
+    np.save(tmp_path / "z.npy", synthetic_logits(epochs=4, samples=600, classes=30))
+    p = run_slc("bench", tmp_path / "z.npy", "--codecs", "auto,topk,topk-mrs,prune,prune2+topk,fp16,nope",
+                "--ratios", "4,1000", "-T", "1", "-T", "3", "--fit-steps", "30", "--plot", tmp_path / "rd.png",
+                "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.md", "--keep", tmp_path / "files")
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode()
+    assert "KL@T=1" in out and "KL@T=3" in out and "refused" in out and "nope" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    rows = {(x["codec"], x["target"]): x for x in r["rows"]}
+    assert set(rows) == {(c, t) for c in ("auto", "topk", "topk-mrs", "prune", "prune2+topk") for t in (4, 1000)} | {
+        ("fp16", None)}
+    for (codec, target), row in rows.items():
+        if target == 1000:  # no codec reaches 1000x here: the row says how far each one gets
+            assert "nearest reachable" in row["error"], row
+            continue
+        assert set(row["kl"]) == {"1.0", "3.0"} or set(map(float, row["kl"])) == {1.0, 3.0}
+        if codec == "prune":  # LPLD alone keeps whole fp16 epochs: the ratio is E / kept, less the overheads
+            assert row["ratio"] == pytest.approx(target, rel=0.03)
+        else:
+            assert row["ratio"] >= (target or 0.9) * 0.999
+        assert (tmp_path / "files" / row["path"].split("/")[-1]).stat().st_size == row["bytes"]
+        kept = {"prune": 1, "prune2+topk": 2}.get(codec, 4)  # pruned rows are scored on the epochs they keep
+        assert row["scored"] == kept * 120  # the held-out 20% of each epoch
+    assert rows[("fp16", None)]["kl"]["1.0"] < 1e-4 < rows[("topk", 4)]["kl"]["1.0"]
+    assert rows[("prune", 4)]["pruned"] and not rows[("topk", 4)]["pruned"]
+    assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| codec |" in (tmp_path / "r.md").read_text()
+    assert r["verdicts"] and all("auto" in v for v in r["verdicts"])
+    again = run_slc("bench", tmp_path / "z.npy", "--codecs", "topk", "--ratios", "4", "--plot", tmp_path / "rd.png")
+    assert again.returncode == 1 and b"--force" in again.stderr and len(again.stderr.splitlines()) == 1
+
+
+def test_codecs_are_fitted_without_the_held_out_positions():
+    z = synthetic_logits(epochs=3, samples=500, classes=20)
+    z[:, 400:] += 100.0 * np.arange(20)  # held-out rows are unmistakable
+    for labels in (10**6, 700):  # the whole fit part, and a random sample of it
+        lp = fit_sample(ArraySource(z), "logits", 1.0, labels, seed=0, fit_samples=400)
+        assert len(lp) == min(labels, 3 * 400)
+        assert (lp.argmax(1) != 19).mean() > 0.5  # held-out rows all peak at class 19
+
+
+def test_bench_refuses_what_it_cannot_score():
+    with pytest.raises(SlcInputError, match="held-out share"):
+        run_bench(synthetic_logits(epochs=1, samples=50, classes=8), BenchConfig(codecs=("topk",), holdout=1.0))
+    with pytest.raises(SlcInputError, match="pruneR"):
+        parse_spec("prune4+bogus")
+    assert parse_spec("prune+vqae").prune == 4 and parse_spec("prune").codec == "fp16"
