@@ -352,6 +352,7 @@ def plot(result: dict, path: str, force: bool = False) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from .atomic import atomic_output
 
@@ -371,6 +372,7 @@ def plot(result: dict, path: str, force: bool = False) -> None:
                         lw=2.5 if codec == "auto" else 1.2)
         ax.set(xscale="log", yscale="log", xlabel="file bytes", ylabel=f"KL(input || decoded) at T={t:g}",
                title=f"rate-distortion, T={t:g} (held out)")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2x10^5, 3x10^5... overlap
         ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
     if students:
@@ -385,6 +387,7 @@ def plot(result: dict, path: str, force: bool = False) -> None:
                 ax.axhline(r["student"]["kl_to_teacher"], ls="--", c=style[0], label=r["codec"])
         ax.set(xscale="log", xlabel="file bytes", ylabel="student KL to teacher (held out, lower is better)",
                title="students")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"slc bench: {os.path.basename(result['labels'])} {tuple(result['shape'])}")
