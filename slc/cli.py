@@ -8,7 +8,6 @@ import signal
 import sys
 
 import click
-import numpy as np
 
 from . import __version__
 from .errors import SlcError

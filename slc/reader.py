@@ -45,7 +45,7 @@ class SlcFile:
         h = self.header
         for name, s in self.layout.sections.items():
             known = name in ("header", "index", "chunks", EPOCHS_MAP) or name in h.tensors
-            expect(known or not s.required, f"only sections this reader understands to be required",
+            expect(known or not s.required, "only sections this reader understands to be required",
                    f"required section {name!r} (written by a newer slc?)")
         cls = codec_class(h.codec)
         specs = cls.tensor_specs(h.codec_params, h.classes)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from .bitpack import bits_for as code_bits, packed_size
-from .container import ALIGN, CHUNK, ENTRY, PREAMBLE, align
+from .container import CHUNK, ENTRY, PREAMBLE, align
 from .errors import SlcInputError
 
 MB = 1024**2

@@ -170,12 +170,10 @@ def fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progres
     multi-threaded CPU reductions (``index_add_``, backward of the code gather) sum in a
     varying order, which made two fits of the same labels differ in their last bits.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from .codecs.fitting import one_thread
+
+    with one_thread():
         return _fit_vqae(logp, dh, dc, k, cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit_vqae(logp: np.ndarray, dh: int, dc: int, k: int, cfg: FitConfig, progress=None) -> tuple[VQAE, dict]:

@@ -13,7 +13,7 @@ from ..errors import SlcInputError, expect
 from ..labels import as_tensor
 from ..vqae import encoder_input, renormalise
 from .base import Codec, param
-from .pca import check_tensors, domain_eps, plan_domain_eps, plan_option
+from .fitting import check_tensors, domain_eps, plan_domain_eps, plan_option
 
 MAX_BITS = 8
 MAX_FIT_VALUES = 2_000_000  # values Lloyd's iterations run on (a seeded subsample beyond that)

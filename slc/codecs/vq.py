@@ -16,7 +16,7 @@ from ..errors import SlcFormatError, SlcInputError
 from ..labels import as_tensor
 from ..vqae import LOG_FLOOR, encoder_input, kmeans, nearest, renormalise
 from .base import Codec, param
-from .pca import check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps, plan_option
+from .fitting import check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps, plan_option
 from .quant import lloyd_max
 
 MAX_K = 1 << 16
