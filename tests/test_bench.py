@@ -9,6 +9,7 @@ from slc.compress import fit_sample
 from slc.errors import SlcInputError
 from slc.sources import ArraySource
 from tests.conftest import run_slc, synthetic_logits
+from tests.test_encode import SMALL, Tiny, folder, script  # noqa: F401  (folder is a fixture)
 
 
 def test_bench_cli_rows_errors_plot_and_json(tmp_path):
@@ -59,3 +60,26 @@ def test_bench_refuses_what_it_cannot_score():
     with pytest.raises(SlcInputError, match="pruneR"):
         parse_spec("prune4+bogus")
     assert parse_spec("prune+vqae").prune == 4 and parse_spec("prune").codec == "fp16"
+
+
+def test_bench_students_floor_ceiling_and_pruned_rows(tmp_path, folder):  # noqa: F811
+    import torch
+
+    torch.manual_seed(0)
+    teacher = script(Tiny(200), tmp_path / "t200.pt")
+    labels = tmp_path / "l.slc"
+    run_slc("encode", teacher, folder, "-o", labels, "--epochs", "4", *SMALL, "--codec", "fp16", "-T", "2", "-q",
+            check=True)
+    p = run_slc("bench", labels, "--codecs", "topk,prune2+topk", "--ratios", "2", "--student", folder, "--teacher",
+                teacher, "--heldout", folder, "--arch", "convnet", "--epochs", "2", "--batch-size", "16",
+                "--json", "-", "-q")
+    assert p.returncode == 0, p.stderr.decode()
+    r = json.loads(p.stdout[p.stdout.index(b"{"):])
+    floor, ceiling = r["reference_rows"]
+    assert floor["codec"].startswith("hard") and ceiling["codec"].startswith("input")
+    assert floor["student"]["kept"] == 0 and ceiling["student"]["kept"] == 1
+    for row in r["rows"]:
+        assert "error" not in row, row
+        s = row["student"]
+        assert s["kl_to_teacher"] >= 0 and 0 <= s["teacher_agreement"] <= 1 and "kept" in s
+    assert [row["pruned"] for row in r["rows"]] == [False, True]
