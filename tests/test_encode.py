@@ -160,7 +160,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, teacher):
                                  stderr=subprocess.PIPE)
             want = int(rng.integers(0, 6))  # more chunks to wait for (0: during setup, before any chunk)
             t0 = time.monotonic()
-            while p.poll() is None and time.monotonic() - t0 < 60:
+            while p.poll() is None and time.monotonic() - t0 < 600:  # long only on a loaded machine
                 if journal.exists() and journal.stat().st_size >= start + want * 48:
                     break
                 time.sleep(0.01)
@@ -170,11 +170,12 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, teacher):
             p.wait()
             if out.exists():
                 break
-            # whatever is on disk after a kill never validates as an .slc
+            # whatever is on disk after a kill never validates as an .slc, unless the kill fell between the
+            # last write and the rename: then the .partial is already the whole file, and --resume renames it
             assert not out.exists()
             partial = tmp_path / f"r{trial}.slc.partial"
             if partial.exists():
-                assert run_slc("verify", partial).returncode == 1
+                assert run_slc("verify", partial).returncode == 1 or partial.read_bytes() == whole.read_bytes()
         assert out.exists() and kills >= 1
         assert out.read_bytes() == whole.read_bytes()
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"r{trial}.")) == [f"r{trial}.slc"]
