@@ -64,8 +64,13 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
         options["k"] = k
     if dc is not None and codec == "vq-noae":
         options["dc"] = dc
-    fixed = codec in ("fp16", "fp32") or (codec.startswith("topk") and "k" in options) or (
-        codec in ("vqae", "vqae-paper", "auto") and None not in (k, dc, dh))
+    fixed = codec in ("fp16", "fp32") or (codec in ("vqae", "vqae-paper", "auto") and None not in (k, dc, dh))
+    if codec in LADDER_PRESETS and not fixed:  # options that pin every knob (--k 5, --param bits=2) need no target
+        name, preset = LADDER_PRESETS[codec]
+        try:
+            fixed = len(codec_class(name).ladder(c, {**preset, **options})) == 1
+        except ValueError:
+            pass  # bad options: plan_ladder below says which
     if ratio is None and budget is None and not fixed:
         ratio = DEFAULT_RATIO
     full = dense if dense is not None else dense_bytes(e * n, c)

@@ -3,6 +3,7 @@
 validation of untrusted params, fidelity along the planner's ladder and deterministic fitting."""
 import numpy as np
 import pytest
+import torch
 
 from slc.errors import SlcFormatError, SlcInputError
 from slc.labels import retemper, to_logp
@@ -178,3 +179,48 @@ def test_vq_pads_the_last_segment():
     assert len(v.encode(HELD)) == (len(HELD) * 6 * 5 + 7) // 8
     labels, kind = v.decode(v.encode(HELD), len(HELD))
     assert kind == "probs" and labels.shape == (len(HELD), C)
+
+
+def test_golden_v1_2_files_keep_reading_the_same():
+    """Pinned bytes of format 1.2: the new codecs and a pruned replay file (tests/golden/make_golden.py v1.2)."""
+    import os
+
+    import slc
+    from slc import SoftLabelDataset
+
+    golden = os.path.join(os.path.dirname(__file__), "golden")
+    expected = np.load(os.path.join(golden, "v1.2-expected.npz"))
+    for name in ("topk-mr", "topk-mrs", "pca", "quant", "vq-noae", "pruned"):
+        with slc.open_slc(os.path.join(golden, f"v1.2-{name}.slc")) as f:
+            f.verify()
+            assert (f.layout.major, f.layout.minor) == (1, 2)
+            got = np.stack([f.decode(e) for e in range(f.shape[0])])
+        np.testing.assert_array_equal(got if name != "pruned" else got[0], expected[name])
+    mr, mrs = expected["topk-mr"], expected["topk-mrs"]
+    assert ((mr > 0).sum(-1) == 3).all()  # MR: nothing outside the top 3
+    top3 = np.sort(mrs, -1)[..., -3:]
+    np.testing.assert_allclose(np.sort(mrs, -1)[..., :-3], np.repeat(top3[..., :1], 7, -1))  # MRS: the rest = 3rd
+    # the pruned file kept epoch 1 of the 1.1 replay file: its crops are that epoch's crops
+    images = os.path.join(golden, "v1.1-images.npy")
+    a = SoftLabelDataset(os.path.join(golden, "v1.2-pruned.slc"), images)
+    b = SoftLabelDataset(os.path.join(golden, "v1.1-replay.slc"), images)
+    assert a.epochs == 1
+    for i in range(12):
+        torch.testing.assert_close(a[i][0], b[12 + i][0])
+
+
+def test_cli_param_pins_a_baseline_and_bad_params_are_one_line(tmp_path, logits_npy):
+    import slc
+    from tests.conftest import run_slc
+
+    p = run_slc("compress", logits_npy, "-o", tmp_path / "q.slc", "--codec", "quant", "--param", "bits=3", "-q")
+    assert p.returncode == 0, p.stderr.decode()
+    with slc.open_slc(tmp_path / "q.slc") as f:
+        assert f.header.codec == "quant" and f.header.codec_params["bits"] == 3
+    for bad, says in ((["--codec", "quant", "--param", "bits=9"], "bits in [1, 8]"),
+                      (["--codec", "pca", "--param", "components"], "KEY=VALUE"),
+                      (["--codec", "topk", "--prune", "5"], "prune factor of at most 2")):
+        p = run_slc("compress", logits_npy, "-o", tmp_path / "bad.slc", *bad, "-q")
+        err = p.stderr.decode().strip()
+        assert p.returncode != 0 and says in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "bad.slc").exists()

@@ -2,6 +2,7 @@
 
     python tests/golden/make_golden.py v1.0    # only with a 0.1.x writer: it writes format 1.0
     python tests/golden/make_golden.py v1.1    # the replay sections of `slc encode`
+    python tests/golden/make_golden.py v1.2    # the 1.2 codecs and a pruned file
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -56,7 +57,30 @@ def make_v1_1() -> None:
     print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
+V1_2 = {"topk-mr": {"k": 3}, "topk-mrs": {"k": 3}, "pca": {"options": {"components": 3}},
+        "quant": {"options": {"bits": 2}}, "vq-noae": {"options": {"k": 8, "dc": 5}}}
+
+
+def make_v1_2() -> None:
+    """One small file per codec new in 1.2 (from the v1.0 logits), and a pruned copy of the v1.1 replay file."""
+    expected = {}
+    for codec, kw in V1_2.items():
+        out = HERE / f"v1.2-{codec}.slc"
+        slc.compress(str(HERE / "v1.0-topk.input.npy"), str(out), codec=codec, source="logits", temperature=2.0,
+                     chunk_size=8, force=True, **kw)
+        with slc.open_slc(out) as f:
+            f.verify()
+            expected[codec] = np.stack([f.decode(e) for e in range(f.header.epochs)])
+    out = HERE / "v1.2-pruned.slc"
+    slc.compress(str(HERE / "v1.1-replay.slc"), str(out), codec="fp16", prune=2, seed=1, force=True)
+    with slc.open_slc(out) as f:
+        f.verify()
+        expected["pruned"] = f.decode(0)
+    np.savez(HERE / "v1.2-expected.npz", **expected)
+    print(f"wrote {len(expected)} v1.2 files")
+
+
 if __name__ == "__main__":
     import sys
 
-    {"v1.0": make_v1_0, "v1.1": make_v1_1}[sys.argv[1] if len(sys.argv) > 1 else "v1.1"]()
+    {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2}[sys.argv[1] if len(sys.argv) > 1 else "v1.2"]()
