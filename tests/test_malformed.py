@@ -788,3 +788,14 @@ def test_file_size_matches_sizing(valid, parts):
     size = container_bytes(h["epochs"], h["samples"], h["chunk_size"], lambda n: n * 3 * 2 + packed_size(n * 3, 4), [],
                            header_bytes=len(header_bytes(h)))
     assert len(load(valid)) == size
+
+
+V1_2_FILES = ("topk-mr", "topk-mrs", "pca", "quant", "vq-noae", "pruned")
+
+
+@FUZZ
+@given(name=st.sampled_from(V1_2_FILES), muts=mutations, crcs=st.booleans())
+def test_fuzz_the_1_2_codecs_and_pruned_files(tmp_path, name, muts, crcs):
+    """The 1.2 codecs' params, tensors and payloads and epochs.map: a clean error or a valid read, nothing else."""
+    data = _mutate((GOLDEN / f"v1.2-{name}.slc").read_bytes(), muts, None)
+    _open_verify_decode(save(tmp_path, fresh_crcs(data) if crcs else data, "fuzz.slc"))
