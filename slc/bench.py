@@ -215,15 +215,15 @@ def pareto(rows: list[dict], t: float) -> set[int]:
 
 
 def verdicts(rows: list[dict], temps: list[float]) -> list[str]:
-    """Where the default codec (``auto``) stands: on the front, or which row beats it by how much."""
+    """Where the default codec (``auto``) stands: on the front (as :func:`mark_front` marked it), or
+    which row beats it by how much."""
     lines = []
     for t in temps:
-        front = pareto(rows, t)
-        for i, r in enumerate(rows):
+        for r in rows:
             if r["codec"] != "auto" or "error" in r or t not in r["kl"]:
                 continue
             picked = r["picked_by_t"][t]
-            if i in front:
+            if t in r.get("front", []):
                 lines.append(f"T={t:g} {r['target']:g}x: auto ({picked}) is on the front")
                 continue
             better = [x for x in rows if "error" not in x and not x["pruned"] and t in x["kl"]

@@ -598,11 +598,12 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
                       ratios=floats(ratios, None, "--ratios"), temperatures=temperatures or None,
                       holdout=holdout, fit_steps=fit_steps, fit_labels=fit_labels, seed=seed, source=source or "auto")
     rep = Reporter(quiet)
-    keep = keep_dir
-    if student_images and not keep:
+    keep, scratch = keep_dir, None
+    if student_images and not keep:  # students need the files for a while: a folder removed at the end
         import tempfile
 
-        keep = tempfile.mkdtemp(prefix="slc-bench-")
+        scratch = tempfile.TemporaryDirectory(prefix="slc-bench-")
+        keep = scratch.name
     if keep:
         if os.path.isdir(keep) and os.listdir(keep) and not force:
             raise SlcInputError(f"expected a new or empty folder for --keep, got {keep} with files in it "
@@ -620,6 +621,8 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
                                                       progress=lambda name, n: rep.trained(f"student: {name}", n))
     finally:
         rep.close()
+        if scratch is not None:
+            scratch.cleanup()
     from rich.table import Table
 
     e, n, c = result["shape"]

@@ -65,3 +65,10 @@ def check_tensors(tensors: dict[str, np.ndarray], specs: dict[str, tuple[str, tu
 def fp16_round(a) -> np.ndarray:
     """What a reader sees of an fp16 tensor, as fp32."""
     return np.asarray(a, np.float32).astype("<f2").astype(np.float32)
+
+
+def check_sample(logp: np.ndarray | None, classes: int, codec: str) -> None:
+    """A fit sample must be ``(n >= 1, classes)`` log-probabilities."""
+    if logp is None or logp.ndim != 2 or logp.shape[1] != classes or logp.shape[0] < 1:
+        raise SlcInputError(f"expected a sample of (n, {classes}) labels to fit {codec}, got "
+                            f"{None if logp is None else logp.shape}")

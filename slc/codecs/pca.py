@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import SlcFormatError, SlcInputError, expect
+from ..errors import SlcFormatError, expect
 from ..labels import as_tensor
 from ..vqae import encoder_input, principal_axes, renormalise
 from .base import Codec, param
-from .fitting import FP16_MAX, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps, plan_option
+from .fitting import (FP16_MAX, check_sample, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps,
+                      plan_option)
 
 MAX_FIT_ROWS = 50_000  # rows the covariance is estimated on: plenty for C up to a few thousand
 
@@ -72,9 +73,7 @@ class PCACodec(Codec):
     @classmethod
     def fit(cls, logp, classes, params, seed=0):
         k, domain, eps = cls._checked(params, classes)
-        if logp is None or logp.ndim != 2 or logp.shape[1] != classes or logp.shape[0] < 1:
-            raise SlcInputError(f"expected a sample of (n, {classes}) labels to fit pca, got "
-                                f"{None if logp is None else logp.shape}")
+        check_sample(logp, classes, "pca")
         with one_thread(), torch.no_grad():
             gen = torch.Generator().manual_seed(seed)
             n = logp.shape[0]

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ..bitpack import pack_bits, packed_size, unpack_bits
-from ..errors import SlcInputError, expect
+from ..errors import expect
 from ..labels import as_tensor
 from ..vqae import encoder_input, renormalise
 from .base import Codec, param
-from .fitting import check_tensors, domain_eps, plan_domain_eps, plan_option
+from .fitting import check_sample, check_tensors, domain_eps, plan_domain_eps, plan_option
 
 MAX_BITS = 8
 MAX_FIT_VALUES = 2_000_000  # values Lloyd's iterations run on (a seeded subsample beyond that)
@@ -124,9 +124,7 @@ class QuantCodec(Codec):
     @classmethod
     def fit(cls, logp, classes, params, seed=0):
         bits, domain, eps = cls._checked(params, classes)
-        if logp is None or logp.ndim != 2 or logp.shape[1] != classes or logp.shape[0] < 1:
-            raise SlcInputError(f"expected a sample of (n, {classes}) labels to fit quant, got "
-                                f"{None if logp is None else logp.shape}")
+        check_sample(logp, classes, "quant")
         flat = np.ascontiguousarray(logp, np.float32).reshape(-1)
         if flat.size > MAX_FIT_VALUES:
             # with replacement: no permutation of every value, and repeats do not bias Lloyd's means

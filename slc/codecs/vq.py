@@ -16,7 +16,8 @@ from ..errors import SlcFormatError, SlcInputError
 from ..labels import as_tensor
 from ..vqae import LOG_FLOOR, encoder_input, kmeans, nearest, renormalise
 from .base import Codec, param
-from .fitting import check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps, plan_option
+from .fitting import (check_sample, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps,
+                      plan_option)
 from .quant import lloyd_max
 
 MAX_K = 1 << 16
@@ -123,9 +124,7 @@ class VQCodec(Codec):
     @classmethod
     def fit(cls, logp, classes, params, seed=0):
         k, dc, domain, eps = cls._checked(params, classes)
-        if logp is None or logp.ndim != 2 or logp.shape[1] != classes or logp.shape[0] < 1:
-            raise SlcInputError(f"expected a sample of (n, {classes}) labels to fit vq, got "
-                                f"{None if logp is None else logp.shape}")
+        check_sample(logp, classes, "vq")
         n, m = logp.shape[0], math.ceil(classes / dc)
         with one_thread(), torch.no_grad():
             gen = torch.Generator().manual_seed(seed)
