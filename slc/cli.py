@@ -21,22 +21,25 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SlcError as e:
-            raise click.ClickException(str(e)) from None
-        except (IndexError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
+        except (SlcError, IndexError, ValueError) as e:
+            raise click.ClickException(one_line(str(e))) from None
         except OSError as e:
             if isinstance(e, BrokenPipeError):  # `slc decode ... | head` is fine
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(0)
             where = f": {e.filename}" if e.filename else ""
-            raise click.ClickException(f"{e.strerror or e}{where}") from None
+            raise click.ClickException(one_line(f"{e.strerror or e}{where}")) from None
         except KeyboardInterrupt as e:
             hint = getattr(e, "slc_hint", "no output was written")
             click.echo(f"Error: interrupted; {hint}", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """Errors are one line (libraries such as HDF5 put newlines in theirs)."""
+    return " ".join(message.split())
 
 
 def progress_bar(total: int, desc: str, unit: str = "label"):

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import __version__
+from .atomic import check_space
 from .augment import BOX_DTYPE
 from .codecs import Codec, VQAECodec, codec_class
 from .container import ENCODING_RAW, ENCODING_ZSTD, header_bytes
@@ -361,6 +362,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
                 raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this "
                                     f"codec, got {chunk_size}")
+            if not zstd:  # a week-long run should not find out at the end (zstd sizes are not known ahead)
+                check_space(os.fspath(out), plan.bytes)
             tensors = enc.tensors()
             header = Header(c, e_count, n, float(temperature), kind, enc.name, enc.params(),
                             {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in tensors.items()},

@@ -7,7 +7,7 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib import format as npformat
 
-from .atomic import atomic_output, check_output
+from .atomic import atomic_output, atomic_path, check_output, check_space
 from .errors import SlcInputError
 from .reader import SlcFile, open_slc
 
@@ -40,6 +40,8 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
         n = stop_ - start
         shape = (n, c) if len(sel) == 1 else (len(sel), n, c)
         blocks = _blocks(f, sel, start, stop_, out, temperature, dt)
+        if output != "-":  # fail now, not hours in (and HDF5 cannot recover from a full disk mid-write)
+            check_space(output, int(np.prod(shape)) * dt.itemsize * 101 // 100 + (64 << 10))  # + headers, HDF5's index
         if output == "-":
             stream = sys.stdout.buffer
             _npy_header(stream, shape, dt)
@@ -54,8 +56,8 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
         else:
             import h5py
 
-            with atomic_output(output, force) as o:
-                with h5py.File(o, "w") as h5:
+            with atomic_path(output, force) as tmp:
+                with h5py.File(tmp, "w") as h5:
                     ds = h5.create_dataset("labels", shape=shape, dtype=dt, chunks=(min(n, 1024), c) if len(
                         sel) == 1 else (1, min(n, 1024), c))
                     ds.attrs["kind"] = out

@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .atomic import check_output, fsync_folder
+from .atomic import check_output, fsync_folder, name_the_output
 from .container import CHUNK, ChunkEntry, ContainerWriter, Section, crc32, parse_index_entry
 from .errors import SlcInputError
 
@@ -263,6 +263,7 @@ class ResumableOutput:
         interrupted = issubclass(typ, KeyboardInterrupt)
         keep = interrupted and self._j is not None  # only a run with a durable setup can resume
         self.abort(keep)
+        name_the_output(exc, self.out)
         if interrupted:
             exc.slc_hint = (f"{len(self.writer.index)} finished chunks are kept in {self.partial}; rerun the "
                             "same command with --resume to continue" if keep and self.writer is not None
