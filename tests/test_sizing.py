@@ -1,5 +1,4 @@
 """Storage arithmetic against the paper's supplementary tables (S7, S8) and eq. S12."""
-import math
 
 import pytest
 
