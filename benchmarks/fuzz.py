@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from slc.errors import SlcFormatError  # noqa: E402
-from tests.test_malformed import fresh_crcs, read_everything  # noqa: E402
+from tests.test_malformed import cap_address_space, fresh_crcs, read_everything  # noqa: E402
 
 
 def mutate(raw: bytes, rng: np.random.Generator) -> bytes:
@@ -46,15 +46,6 @@ def mutate(raw: bytes, rng: np.random.Generator) -> bytes:
     elif kind < 0.15:
         d += bytes(rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8))
     return bytes(d)
-
-
-def cap_address_space(extra: int) -> None:
-    """Allow ``extra`` bytes of address space beyond what is mapped now (Linux; elsewhere no cap)."""
-    try:
-        vm = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) << 10
-    except (OSError, IndexError, ValueError):
-        return
-    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def main() -> None:

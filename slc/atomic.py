@@ -46,11 +46,7 @@ def atomic_path(path: str, force: bool = False) -> Iterator[str]:
         os.close(fd)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         if os.path.exists(path) and not force:  # appeared while we worked
             raise SlcInputError(f"output exists: {path} (use --force to overwrite)")
         os.replace(tmp, path)
@@ -100,14 +96,19 @@ def name_the_output(exc: BaseException, path: str) -> None:
         exc.filename = path
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file or folder by name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_folder(path: str) -> None:
     """Make a rename into ``path``'s folder durable (best effort: not every OS allows it)."""
     with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
 def _umask() -> int:

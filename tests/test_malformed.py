@@ -151,6 +151,19 @@ def topk_payload(values: np.ndarray, indices: np.ndarray, bits: int) -> bytes:
 ADDRESS_SPACE_CAP = 256 << 20
 
 
+def cap_address_space(extra: int) -> tuple[int, int] | None:
+    """Allow ``extra`` bytes of address space beyond what is mapped now; return the old limits (None: not Linux)."""
+    try:
+        import resource
+
+        vm = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) << 10
+    except (ImportError, OSError, IndexError, ValueError):
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra if hard == resource.RLIM_INFINITY else min(vm + extra, hard), hard))
+    return soft, hard
+
+
 @pytest.fixture(autouse=True)
 def memory_cap():
     """Every test here runs with at most 256 MiB of address space more than is mapped when it starts.
@@ -159,20 +172,14 @@ def memory_cap():
     10**12-class label, a 2**40-sample index) fails the test with MemoryError instead of passing
     on an overcommitting OS. Children (CLI subprocesses) inherit a cap far above what they need.
     """
-    try:
-        import resource
-
-        vm = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) << 10
-    except (ImportError, OSError, IndexError, ValueError):
-        yield  # not Linux: no cap
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = vm + ADDRESS_SPACE_CAP if hard == resource.RLIM_INFINITY else min(vm + ADDRESS_SPACE_CAP, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    old = cap_address_space(ADDRESS_SPACE_CAP)
     try:
         yield
     finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        if old is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, old)
 
 
 @pytest.fixture(scope="module")
