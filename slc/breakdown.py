@@ -4,6 +4,7 @@ from __future__ import annotations
 from .container import ENTRY, PREAMBLE
 from .reader import SlcFile
 from .sizing import dense_bytes, paper_pca_bytes, paper_topk_bytes
+from .tokens import TOKENS_IDS
 
 
 def breakdown(f: SlcFile) -> dict:
@@ -32,7 +33,7 @@ def breakdown(f: SlcFile) -> dict:
         replay = {"recipe": info.recipe.to_json(), "images": info.images, "digest": info.digest,
                   "source": info.source, "box_bytes_per_label": boxes.length / labels if boxes else 0.0}
     return {
-        "replay": replay,
+        "replay": replay, "tokens": token_summary(f),
         "path": f.path, "format_version": f"{f.layout.major}.{f.layout.minor}", "writer": h.writer,
         "codec": h.codec, "codec_params": {k: v for k, v in h.codec_params.items() if k != "fit"},
         "fit": h.codec_params.get("fit", {}),
@@ -46,3 +47,17 @@ def breakdown(f: SlcFile) -> dict:
         "same_bytes_topk_k": topk_k, "same_bytes_pca_components": pca_k,
         "overhead_bytes": PREAMBLE.size + ENTRY.size * len(f.layout.sections),
     }
+
+
+def token_summary(f: SlcFile) -> dict | None:
+    """Per-token sizes of a token-level file, against dense fp16 and against top-k in bf16 with int32 indices."""
+    if not hasattr(f.codec, "decode_sparse"):
+        return None
+    h, k = f.header, f.codec.k
+    ids = f.layout.sections.get(TOKENS_IDS)
+    label_bytes = f.layout.file_length - (ids.length if ids else 0)  # the input tokens are data, not labels
+    per = label_bytes / h.samples
+    return {"tokens": h.samples, "sequences": f.sequences, "k": k, "token_ids": ids is not None,
+            "bytes_per_token": per, "label_bytes": label_bytes, "ratio_vs_fp16": 2 * h.classes / per,
+            "topk_bf16_int32_bytes_per_token": 6 * k, "ratio_vs_topk_bf16_int32": 6 * k / per,
+            "ratio_vs_top20_bf16_int32": 120 / per, "same_bytes_bf16_int32_k": int(per // 6)}

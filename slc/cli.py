@@ -69,7 +69,9 @@ def codec_options(fn):
         click.option("--codec", default="auto", show_default=True, type=click.Choice(list(CODEC_PRESETS)),
                      help="auto: fit vqae and size top-k to the same bytes, keep the lower held-out KL. "
                           "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly. "
-                          "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32."),
+                          "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32. "
+                          "Token-level LM labels: topk-vq (--param k=64 m=8 codes=256 values=vqae|bf16 "
+                          "tail=prior|uniform|mr|mrs prior_weight=0.99)."),
         click.option("-T", "--temperature", type=float, default=1.0, show_default=True,
                      help="Temperature the student will train at; stored in the file, fidelity is measured at it."),
         click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40]."),
@@ -80,9 +82,10 @@ def codec_options(fn):
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Fix a baseline codec parameter, e.g. --param bits=3 (quant), --param components=32 "
                           "(pca), --param domain=prob. Repeatable."),
-        click.option("--chunk-size", type=int, default=4096, show_default=True,
-                     help="Labels per chunk (also the unit of --resume)."),
-        click.option("--zstd", is_flag=True, help="zstd-code each chunk (kept only where it saves bytes)."),
+        click.option("--chunk-size", type=int, help="Labels per chunk (also the unit of --resume) [default: 4096, "
+                     "fewer for vocabularies over 32k]."),
+        click.option("--zstd/--no-zstd", default=None, help="zstd-code each chunk (kept only where it saves bytes) "
+                     "[default: on for topk-vq, off otherwise]."),
         click.option("--tensor-dtype", type=click.Choice(["fp16", "fp32"]),
                      help="Codebook/decoder precision [default: fp16; fp32 for vqae-paper]."),
         click.option("--fit-labels", type=int, help="Labels sampled to fit the codec [default: 65,536 for compress; "
@@ -202,34 +205,66 @@ class Reporter:
 @click.option("--probs", "source", flag_value="probs", help="LABELS are probabilities.")
 @click.option("--prune", type=float, help="LPLD pruning: keep a random 1/PRUNE of the epochs (stacks with --codec; "
               "--ratio still counts against all epochs).")
+@click.option("--indices", help="Already-sparse token labels: LABELS are (tokens, k) log-probabilities (or "
+              "probabilities) over the whole vocabulary and this .npy / FILE.h5:/dataset holds their word indices.")
+@click.option("--vocab", type=int, help="Vocabulary size of --indices input.")
+@click.option("--seq", "seq", help="Token labels: sequence boundaries, an .npy of offsets [0, ..., tokens] or of "
+              "lengths, so `slc.open_slc(f).sequence(i)` reads sequence i directly.")
+@click.option("--token-ids", help="Token labels: an .npy of the input token at each position (stored as tokens.ids).")
 @codec_options
 @handle_errors
-def compress(labels, output, source, prune, seed, quiet, **codec):
+def compress(labels, output, source, prune, indices, vocab, seq, token_ids, seed, quiet, **codec):
     """Compress soft labels into an .slc file.
 
     LABELS is an .npy of shape (N, C) or (E, N, C), an HDF5 dataset FILE.h5:/path,
-    or - for an npy stream on stdin.
+    or - for an npy stream on stdin. Token-level LM labels are (tokens, V) logits or
+    log-probabilities (--codec topk-vq), or already sparse with --indices.
 
     \b
-    Example:
+    Examples:
         slc compress teacher_logits.npy -o labels.slc --logits -T 4 --ratio 40
+        slc compress lm_logits.npy -o tokens.slc --codec topk-vq --seq offsets.npy
+        slc compress topk_logp.npy --indices topk_ids.npy --vocab 50257 -o tokens.slc --codec topk-vq
     """
     from .compress import compress as run
-    from .sources import open_labels
+    from .errors import SlcInputError
+    from .sources import SparseSource, open_labels
 
     kwargs = codec_kwargs(**codec)
+    if (indices is None) != (vocab is None):
+        raise SlcInputError("expected --indices and --vocab together (already-sparse input), got only one")
     src = open_labels(labels)
+    if indices is not None:
+        src = SparseSource(src, open_labels(indices, kinds="iu"), vocab)
     e, n, c = src.shape
     rep = Reporter(quiet)
     rep.log(f"labels: {e} epochs x {n} samples x {c} classes from {src.name}")
     try:
         result = run(src, output, source=source or "auto", seed=seed, prune=prune, log=rep.log, fit_progress=rep.fit,
+                     sequences=load_int_array(seq, "--seq"), token_ids=load_int_array(token_ids, "--token-ids"),
                      progress=rep.written(e * n, "encode", "label"), **kwargs)
     finally:
         rep.close()
         src.close()
     click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 "
                f"({result.source}, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
+
+
+def load_int_array(path: str | None, what: str):
+    """A small integer .npy (sequence offsets, token ids), read without unpickling."""
+    if path is None:
+        return None
+    import numpy as np
+
+    from .errors import SlcInputError
+
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SlcInputError(f"expected an .npy of integers for {what}, got {path} ({e})") from None
+    if a.dtype.kind not in "iu":
+        raise SlcInputError(f"expected integers in {what} {path}, got dtype {a.dtype}")
+    return a
 
 
 def floats(text: str | None, n: tuple[int, ...] | None, what: str) -> tuple[float, ...] | None:
@@ -489,6 +524,20 @@ def inspect(file, against, as_json):
     if info["entropy"] == "zstd":
         s.add_row("zstd saving on the chunk payloads", f"{100 * info['zstd_saving']:.2f}%", "")
     con.print(s)
+    if info["tokens"]:
+        tk = info["tokens"]
+        s = Table(title=f"token labels: {tk['tokens']:,} tokens in {tk['sequences']:,} sequences"
+                        + (" (input token ids stored)" if tk["token_ids"] else ""))
+        s.add_column("per token")
+        s.add_column("bytes", justify="right")
+        s.add_column("this file is", justify="right")
+        s.add_row("this file (labels)", f"{tk['bytes_per_token']:.2f}", "")
+        s.add_row("dense fp16", f"{2 * info['classes']:,}", f"{tk['ratio_vs_fp16']:.1f}x smaller")
+        s.add_row(f"top-{tk['k']} bf16 + int32 indices", f"{tk['topk_bf16_int32_bytes_per_token']:,}",
+                  f"{tk['ratio_vs_topk_bf16_int32']:.2f}x smaller")
+        s.add_row("top-20 bf16 + int32 indices", "120", f"{tk['ratio_vs_top20_bf16_int32']:.2f}x smaller")
+        s.add_row("bf16 + int32 top-k in the same bytes", f"k = {tk['same_bytes_bf16_int32_k']}", "")
+        con.print(s)
     if "fidelity" in info:
         fid = info["fidelity"]
         t = Table(title=f"fidelity against {against} at T={info['temperature']:g}")

@@ -1,13 +1,14 @@
 """``compress``: fit a codec on a sample of labels, then stream every label through it into a ``.slc``."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -25,7 +26,9 @@ from .prune import EPOCHS_MAP, PrunedSource, kept_epochs, map_bytes
 from .replay import BOXES
 from .resume import ResumableOutput
 from .sizing import Plan, dense_bytes, plan_ladder, plan_vqae, target_bytes
-from .sources import LabelSource, SlcSource, open_labels
+from .sources import LabelSource, SlcSource, SparseSource, open_labels
+from .sparse import SparseLabels
+from .tokens import TOKENS_IDS, TOKENS_SEQ, default_chunk_size, ids_bytes, seq_bytes, sequence_offsets
 from .vqae import FitConfig
 
 DEFAULT_RATIO = 40.0
@@ -107,36 +110,58 @@ def default_tensor_dtype(codec: str) -> str:
     return "<f4" if codec == "vqae-paper" else "<f2"
 
 
-def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int,
-               fit_samples: int | None = None) -> np.ndarray:
-    """Log-probabilities of up to ``labels`` rows spread over a seekable source.
+SAMPLE_BLOCK_ELEMENTS = 1 << 26  # floats per block read for a fit sample (256 MB): large vocabularies read fewer rows
+HEAD_ELEMENTS = 1 << 28  # floats of a stream's first rows kept as its fit sample
+
+
+def sample_blocks(src: LabelSource, source: Source, temperature: float, labels: int, seed: int,
+                  fit_samples: int | None = None, neg_inf: bool = False) -> Iterator[np.ndarray | SparseLabels]:
+    """Blocks of up to ``labels`` rows spread over a seekable source, as log-probabilities.
 
     ``fit_samples`` limits the sample to positions below it in each epoch (the rest is held out).
+    Sparse sources yield their rows as they are.
     """
     e_count, full_n, c = src.shape
     n = min(full_n, fit_samples or full_n)
+
+    def read(e: int, s: int, stop: int):
+        block = src.read(e, s, stop)
+        if isinstance(block, SparseLabels):
+            return block
+        check_block(block, source, e * full_n + s, neg_inf)
+        return to_logp(block, source, temperature)
+
+    rows = max(1, min(4096, SAMPLE_BLOCK_ELEMENTS // c))
     if labels >= e_count * n:
-        out = []
         for e in range(e_count):
-            for s in range(0, n, 4096):
-                block = src.read(e, s, min(n, s + 4096))
-                check_block(block, source, e * full_n + s)
-                out.append(to_logp(block, source, temperature))
-        return np.concatenate(out)
+            for s in range(0, n, rows):
+                yield read(e, s, min(n, s + rows))
+        return
     rng = np.random.default_rng(seed)
     # whole runs of 256 rows at random places: few seeks, still a spread-out sample
     run = min(256, n)
     per_epoch = n // run  # runs never cross an epoch boundary
     count = min(e_count * per_epoch, math.ceil(labels / run))
     runs = np.sort(rng.choice(e_count * per_epoch, size=count, replace=False))
-    out = np.empty((count * run, c), np.float32)  # filled in place: no list + concatenate copy
-    for i, r in enumerate(runs):
+    left = labels
+    for r in runs:
         e, s = divmod(int(r), per_epoch)
         s *= run
-        block = src.read(e, s, s + run)
-        check_block(block, source, e * full_n + s)
-        out[i * run:(i + 1) * run] = to_logp(block, source, temperature)
-    return out[:labels]
+        yield read(e, s, s + min(run, left))
+        left -= run
+
+
+def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int, seed: int,
+               fit_samples: int | None = None) -> np.ndarray:
+    """:func:`sample_blocks` as one ``(rows, C)`` array, filled in place (no list + concatenate copy)."""
+    e_count, full_n, c = src.shape
+    n = min(full_n, fit_samples or full_n)
+    out = np.empty((min(labels, e_count * n), c), np.float32)
+    at = 0
+    for block in sample_blocks(src, source, temperature, labels, seed, fit_samples):
+        out[at:at + len(block)] = block
+        at += len(block)
+    return out
 
 
 def needs_fit(codec: str) -> bool:
@@ -248,6 +273,14 @@ def _epochs_of(parts: Iterable[bytes], per: int, kept: np.ndarray):
             buf, e = buf[per:], e + 1
 
 
+def tokens_digest(extras: Extras) -> str | None:
+    """Identifies the sequence boundaries and token ids of a run, so ``--resume`` notices new ones."""
+    parts = [extras.before.get(name) for name in (TOKENS_SEQ, TOKENS_IDS)]
+    if parts == [None, None]:
+        return None
+    return hashlib.sha256(b"|".join(p or b"" for p in parts)).hexdigest()
+
+
 def input_identity(src: LabelSource) -> dict:
     """Enough to notice a changed input file between a run and its ``--resume``."""
     name = src.name.partition(":")[0]
@@ -262,10 +295,11 @@ def input_identity(src: LabelSource) -> dict:
 
 def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str = "auto", temperature: float = 1.0,
              ratio: float | None = None, budget: int | None = None, k: int | None = None, dc: int | None = None,
-             dh: int | None = None, chunk_size: int = 4096, zstd: bool = False, tensor_dtype: str | None = None,
+             dh: int | None = None, chunk_size: int | None = None, zstd: bool | None = None, tensor_dtype: str | None = None,
              fit_labels: int = DEFAULT_FIT_LABELS, fit_config: FitConfig | None = None, seed: int = 0,
              force: bool = False, resume: bool = False, user: dict | None = None, extras: Extras | None = None,
              options: dict | None = None, prune: float | None = None, fit_samples: int | None = None,
+             sequences: np.ndarray | None = None, token_ids: np.ndarray | None = None,
              log: Callable[[str], None] | None = None, fit_progress: Callable | None = None,
              progress: Callable | None = None) -> CompressResult:
     """Compress ``labels`` into ``out``; see ``slc compress --help`` for the options.
@@ -276,7 +310,11 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     ``options``: fixed parameters of a baseline codec (``{"bits": 3}`` for ``quant``).
     ``prune``: keep a random ``1/prune`` of the epochs (``slc.prune``); ``ratio``/``budget`` still
     count against the unpruned labels. ``fit_samples``: fit only on positions ``< fit_samples``
-    of each epoch (``slc bench`` scores the rest).
+    of each epoch (``slc bench`` scores the rest). ``chunk_size``: default 4096 labels, fewer for
+    large vocabularies. ``zstd``: default on for codecs made for it (``topk-vq``).
+
+    Token-level labels (one epoch of ``(tokens, V)``): ``sequences`` (offsets or lengths) are
+    stored so sequence i can be read directly, ``token_ids`` the input token at each position.
     """
     src = open_labels(labels)
     out = os.fspath(out)
@@ -289,6 +327,19 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
     if not np.array_equal(epoch_ids, np.arange(len(epoch_ids))):
         extras.required[EPOCHS_MAP] = map_bytes(epoch_ids)
     e_count, n, c = src.shape
+    token_level = codec in LADDER_PRESETS and codec_class(LADDER_PRESETS[codec][0]).token_level
+    chunk_size = chunk_size or default_chunk_size(c, MAX_CHUNK_ELEMENTS)
+    if sequences is not None or token_ids is not None:
+        if e_count != 1:
+            raise SlcInputError(f"expected token labels of shape (tokens, V) with --seq/--token-ids, got {e_count} epochs")
+        extras = Extras({**extras.before}, dict(extras.required), dict(extras.after), dict(extras.request))
+        if sequences is not None:
+            extras.before[TOKENS_SEQ] = seq_bytes(sequence_offsets(sequences, n))
+        if token_ids is not None:
+            extras.before[TOKENS_IDS] = ids_bytes(token_ids, n, c)
+    if isinstance(src, SparseSource) and temperature != 1:
+        raise SlcInputError(f"expected --temperature 1 for already-sparse input (the shape of its tail is unknown), "
+                            f"got {temperature:g}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")
     if chunk_size < 1 or chunk_size * c > MAX_CHUNK_ELEMENTS:
@@ -301,7 +352,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                "k": k, "dc": dc, "dh": dh, "chunk_size": chunk_size, "zstd": zstd, "tensor_dtype": tensor_dtype,
                "fit_labels": fit_labels, "fit_steps": fit_steps, "seed": seed, "shape": list(src.shape),
                "options": options or {}, "prune": prune, "fit_samples": fit_samples,
-               "user": user or {}, **(extras.request or (input_identity(src) if resume else {}))}
+               "user": user or {}, "tokens": tokens_digest(extras), **(extras.request or (input_identity(src) if resume else {}))}
     target = ResumableOutput(out, request, force=force, resume=resume, log=log)
     per_epoch = -(-n // chunk_size)
 
@@ -315,6 +366,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             if r.state:
                 enc.restore_encoder_state(r.state)
             kind: Source = header.source  # type: ignore[assignment]
+            zstd = header.entropy == "zstd"
             plan = Plan(enc.name, header.codec_params, 0, dense_in, ["resumed"])
             done = len(r.entries)
             blocks = src.blocks(chunk_size, done)
@@ -328,13 +380,17 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             # as the log-probabilities the write loop needs anyway (so memory is 1x the sample)
             blocks = src.blocks(chunk_size)
             fitting = needs_fit(codec)
-            want = min(fit_labels, e_count * n) if fitting and not src.seekable else 1
+            want = min(fit_labels, e_count * n, HEAD_ELEMENTS // c) if fitting and not src.seekable else 1
             head = np.empty((want + chunk_size, c), np.float32) if want > 1 else None
             first, got = [], 0
+            sparse = isinstance(src, SparseSource)
+            if sparse and not token_level:
+                raise SlcInputError(f"expected --codec topk-vq for sparse (indices, values) input, got {codec!r}")
             for e, s, block in blocks:
                 if not first:
-                    kind = detect_source(block) if source == "auto" else source  # type: ignore[assignment]
-                check_block(block, kind, e * n + s)
+                    kind = "logits" if sparse else detect_source(block) if source == "auto" else source  # type: ignore[assignment]
+                if not sparse:
+                    check_block(block, kind, e * n + s, token_level)
                 lp = None
                 if head is not None:
                     lp = head[got:got + len(block)]
@@ -350,8 +406,15 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 log(f"plan: {line}")
             logp = None
             if fitting:
-                logp = head[:want] if head is not None else fit_sample(src, kind, temperature,
-                                                                       min(fit_labels, e_count * n), seed, fit_samples)
+                cls = VQAECodec if codec in ("auto", "vqae", "vqae-paper") else codec_class(LADDER_PRESETS[codec][0])
+                rows = min(fit_labels, e_count * n)
+                blocks_of_sample = [head[:want]] if head is not None else sample_blocks(src, kind, temperature, rows,
+                                                                                         seed, fit_samples, token_level)
+                if cls.reduce_sample.__func__ is Codec.reduce_sample.__func__:  # type: ignore[attr-defined]
+                    logp = head[:want] if head is not None else fit_sample(src, kind, temperature, rows, seed,
+                                                                           fit_samples)
+                else:
+                    logp = cls.reduce_sample(blocks_of_sample, c, plan.params)
             if codec == "auto":
                 enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config,
                                         fit_progress, log, extras.bytes())
@@ -362,6 +425,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             if chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
                 raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this "
                                     f"codec, got {chunk_size}")
+            zstd = enc.default_zstd if zstd is None else zstd
             if not zstd:  # a week-long run should not find out at the end (zstd sizes are not known ahead)
                 check_space(os.fspath(out), plan.bytes)
             tensors = enc.tensors()
@@ -391,12 +455,12 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
         for i, (e, s, block, lp) in enumerate(itertools.chain(first, rest), start=done):
             if (e, s) != (i // per_epoch, i % per_epoch * chunk_size):  # a source must tile in order
                 raise SlcInputError(f"expected block {i} at epoch {i // per_epoch}, got epoch {e} sample {s}")
-            if lp is None:
-                check_block(block, kind, e * n + s)
+            if lp is None and not isinstance(block, SparseLabels):
+                check_block(block, kind, e * n + s, token_level)
                 lp = to_logp(block, kind, temperature)
-            count = len(lp)
+            count = len(block if lp is None else lp)
             t_enc = time.perf_counter()
-            raw = enc.encode(lp)
+            raw = enc.encode(lp) if lp is not None else enc.encode_sparse(block)  # type: ignore[attr-defined]
             encode_seconds += time.perf_counter() - t_enc
             encoding, payload = ENCODING_RAW, raw
             if compressor is not None:

@@ -27,9 +27,10 @@ from .errors import SlcFormatError, expect
 
 MAGIC = b"\x89SLC\r\n\x1a\n"  # PNG-style: catches 7-bit and newline-mangling transfers
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2  # the newest minor version this code reads and writes
+FORMAT_MINOR = 3  # the newest minor version this code reads and writes
 SECTIONS_1_1 = ("replay", "images.fp", "crops.boxes")
 SECTIONS_1_2 = ("epochs.map",)
+SECTIONS_1_3 = ("tokens.seq", "tokens.ids")
 ALIGN = 64  # sections start on 64-byte boundaries so they can be memory-mapped
 
 PREAMBLE = struct.Struct("<8sHHIQQI24sI")  # 64 bytes
@@ -316,7 +317,8 @@ class ContainerWriter:
         length = table_off + len(table)
         # the lowest minor version whose features the file uses (spec: stability policy)
         names = {s.name for s in self.sections}
-        minor = max(self.min_minor, 2 if names & set(SECTIONS_1_2) else 1 if names & set(SECTIONS_1_1) else 0)
+        minor = max(self.min_minor, 3 if names & set(SECTIONS_1_3) else 2 if names & set(SECTIONS_1_2)
+                    else 1 if names & set(SECTIONS_1_1) else 0)
         head = PREAMBLE.pack(MAGIC, FORMAT_MAJOR, minor, len(self.sections), table_off, length,
                              crc32(table), bytes(24), 0)
         head = head[:60] + struct.pack("<I", crc32(head[:60]))

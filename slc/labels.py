@@ -18,14 +18,22 @@ PROB_FLOOR = 1e-30  # log of an exact zero probability
 SUM_TOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-6}
 
 
-def check_block(block: np.ndarray, source: Source, row0: int = 0) -> None:
-    """Raise ``SlcInputError`` on NaN/inf, negative or unnormalised probabilities."""
+def check_block(block: np.ndarray, source: Source, row0: int = 0, neg_inf: bool = False) -> None:
+    """Raise ``SlcInputError`` on NaN/inf, negative or unnormalised probabilities.
+
+    ``neg_inf``: logits may be ``-inf`` (an LM's suppressed words), as long as each row has a finite one.
+    """
     if block.dtype.kind != "f":
         raise SlcInputError(f"expected floating-point labels, got dtype {block.dtype}")
     finite = np.isfinite(block)
     if not finite.all():
-        r = int(np.argwhere(~finite)[0][0])
-        raise SlcInputError(f"expected finite labels, got NaN or inf in row {row0 + r}")
+        bad = ~finite & ~np.isneginf(block) if neg_inf and source == "logits" else ~finite
+        if bad.any():
+            r = int(np.argwhere(bad)[0][0])
+            raise SlcInputError(f"expected finite labels{' or -inf' if neg_inf else ''}, got NaN or inf in row {row0 + r}")
+        empty = ~finite.any(1)
+        if empty.any():
+            raise SlcInputError(f"expected at least one finite logit per label, got an all -inf row {row0 + int(np.argmax(empty))}")
     if source == "probs":
         if (block < 0).any():
             r = int(np.argwhere(block < 0)[0][0])

@@ -10,6 +10,7 @@ LADDER_PRESETS: dict[str, tuple[str, dict]] = {
     "pca": ("pca", {}),
     "quant": ("quant", {}),
     "vq-noae": ("vq", {}),  # the paper's "Ours w/o AE"
+    "topk-vq": ("topk-vq", {}),  # token-level: exact top-k words, VQAE values, prior tail
     "fp16": ("dense", {"dtype": "<f2"}),
     "fp32": ("dense", {"dtype": "<f4"}),
 }

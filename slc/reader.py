@@ -15,10 +15,12 @@ import numpy as np
 from .codecs import Codec, codec_class
 from .container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
                         read_header, read_layout, read_section)
-from .errors import SlcFormatError, expect
+from .errors import SlcFormatError, SlcInputError, expect
 from .header import MAX_CHUNK_ELEMENTS, Header
 from .labels import retemper
 from .prune import EPOCHS_MAP, parse_map
+from .sparse import SparseLabels
+from .tokens import TOKENS_IDS, TOKENS_SEQ, parse_ids, parse_seq
 
 Out = Literal["probs", "logits"]
 
@@ -90,6 +92,13 @@ class SlcFile:
             s = self.layout.sections[EPOCHS_MAP]
             expect(s.length == 4 * h.epochs, f"{4 * h.epochs} bytes of {EPOCHS_MAP}", s.length)
             self.epoch_ids = parse_map(read_section(f, s), h.epochs)
+        self._token_ids: np.ndarray | None = None
+        self.offsets = np.array([0, h.samples], np.int64)  # sequence boundaries (one sequence if none stored)
+        if TOKENS_SEQ in self.layout.sections:
+            s = self.layout.sections[TOKENS_SEQ]
+            expect(h.epochs == 1, f"one epoch in a file with {TOKENS_SEQ}", h.epochs)
+            expect(s.length <= 8 * (h.samples + 1), f"at most {8 * (h.samples + 1)} bytes of {TOKENS_SEQ}", s.length)
+            self.offsets = parse_seq(read_section(f, s), h.samples)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -159,6 +168,72 @@ class SlcFile:
     def check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.header.samples:
             raise IndexError(f"expected 0 <= start <= stop <= {self.header.samples}, got {start}..{stop}")
+
+    # ---------------------------------------------------------------- token-level labels
+    @property
+    def sparse_codec(self):
+        decode = getattr(self.codec, "decode_sparse", None)
+        if decode is None:
+            raise TypeError(f"expected a token-level file (codec topk-vq) for sparse labels, got codec {self.codec.name!r}")
+        return self.codec
+
+    def sparse(self, start: int = 0, stop: int | None = None) -> SparseLabels:
+        """Token labels ``[start, stop)`` as stored: top-k word indices, their log-probabilities, the tail."""
+        codec = self.sparse_codec
+        stop = self.header.samples if stop is None else stop
+        self.check_range(start, stop)
+        parts = []
+        for c in iter_entries(self.index, 0, start, stop):
+            a, b = max(start, c.start), min(stop, c.start + c.count)
+            s = codec.decode_sparse(self.chunk_payload(c), c.count)
+            parts.append(SparseLabels(s.indices[a - c.start:b - c.start], s.logp[a - c.start:b - c.start],
+                                      s.tail[a - c.start:b - c.start]))
+        if len(parts) == 1:
+            return parts[0]
+        return SparseLabels(np.concatenate([p.indices for p in parts]) if parts else np.zeros((0, codec.k), np.int64),
+                            np.concatenate([p.logp for p in parts]) if parts else np.zeros((0, codec.k), np.float32),
+                            np.concatenate([p.tail for p in parts]) if parts else np.zeros(0, np.float32))
+
+    @property
+    def sequences(self) -> int:
+        return len(self.offsets) - 1
+
+    def sequence_range(self, i: int) -> tuple[int, int]:
+        if not -self.sequences <= i < self.sequences:
+            raise IndexError(f"expected a sequence index in [0, {self.sequences}), got {i}")
+        i %= self.sequences
+        return int(self.offsets[i]), int(self.offsets[i + 1])
+
+    def sequence(self, i: int, sparse: bool = True, length: int | None = None) -> SparseLabels | np.ndarray:
+        """Sequence ``i``'s labels: sparse (:meth:`sparse`) or dense ``(L, V)`` log-probabilities.
+
+        ``length``: only its first ``length`` tokens (a student's shorter context); more than are stored is an error.
+        """
+        a, b = self.sequence_range(i)
+        if length is not None:
+            if not 0 <= length <= b - a:
+                raise SlcInputError(f"expected at most {b - a} tokens for sequence {i} (as stored), got {length}")
+            b = a + length
+        if sparse:
+            return self.sparse(a, b)
+        return self.decode(0, a, b, out="logits") / self.header.temperature
+
+    def iter_sequences(self, sparse: bool = True) -> Iterator[tuple[int, SparseLabels | np.ndarray]]:
+        for i in range(self.sequences):
+            yield i, self.sequence(i, sparse)
+
+    def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """The input token at each position (``tokens.ids``), or ``None`` if the file does not store them."""
+        if TOKENS_IDS not in self.layout.sections:
+            return None
+        if self._token_ids is None:
+            h = self.header
+            s = self.layout.sections[TOKENS_IDS]
+            expect(s.length == 4 * h.samples, f"{4 * h.samples} bytes of {TOKENS_IDS}", s.length)
+            self._token_ids = parse_ids(read_section(self._f, s), h.samples, h.classes)
+        stop = self.header.samples if stop is None else stop
+        self.check_range(start, stop)
+        return self._token_ids[start:stop]
 
     # ---------------------------------------------------------------- other sections
     def section(self, name: str, max_bytes: int) -> bytes | None:

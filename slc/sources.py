@@ -39,6 +39,12 @@ class LabelSource:
         pass
 
 
+def check_dtype(dtype: np.dtype, kinds: str, name: str) -> None:
+    if dtype.kind not in kinds:
+        what = "floating-point labels" if kinds == "f" else "integer word indices"
+        raise SlcInputError(f"expected {what}, got dtype {dtype} in {name}")
+
+
 def _shape3(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(shape) == 2:
         shape = (1, *shape)
@@ -52,9 +58,8 @@ def _shape3(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
 class ArraySource(LabelSource):
     """An in-memory (or memory-mapped) array of shape (N, C) or (E, N, C)."""
 
-    def __init__(self, array: np.ndarray, name: str = "<array>"):
-        if array.dtype.kind != "f":
-            raise SlcInputError(f"expected floating-point labels, got dtype {array.dtype} in {name}")
+    def __init__(self, array: np.ndarray, name: str = "<array>", kinds: str = "f"):
+        check_dtype(array.dtype, kinds, name)
         self.name, self.dtype = name, array.dtype
         self.shape = _shape3(array.shape, name)
         self.array = array.reshape(self.shape)
@@ -76,13 +81,12 @@ def read_npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], bool, np.d
 class NpySource(LabelSource):
     """An ``.npy`` file read with plain reads (not mmap, whose pages would count as resident)."""
 
-    def __init__(self, f: BinaryIO, name: str, seekable: bool = True):
+    def __init__(self, f: BinaryIO, name: str, seekable: bool = True, kinds: str = "f"):
         self.f, self.name, self.seekable = f, name, seekable
         shape, fortran, dtype = read_npy_header(f, name)
         if fortran and len(shape) > 1:
             raise SlcInputError(f"expected a C-order .npy, got Fortran order in {name}")
-        if dtype.kind != "f":
-            raise SlcInputError(f"expected floating-point labels, got dtype {dtype} in {name}")
+        check_dtype(dtype, kinds, name)
         self.dtype = dtype
         self.shape = _shape3(shape, name)
         self.offset = f.tell() if seekable else 0
@@ -112,7 +116,7 @@ class NpySource(LabelSource):
 
 
 class H5Source(LabelSource):
-    def __init__(self, path: str, dataset: str):
+    def __init__(self, path: str, dataset: str, kinds: str = "f"):
         import h5py
 
         self.name = f"{path}:{dataset}"
@@ -126,8 +130,11 @@ class H5Source(LabelSource):
             self.h5.close()
             raise SlcInputError(f"expected a dataset {dataset!r} in {path}, got datasets {names[:10]}")
         self.ds = self.h5[dataset]
-        if self.ds.dtype.kind != "f":
-            raise SlcInputError(f"expected floating-point labels, got dtype {self.ds.dtype} in {self.name}")
+        try:
+            check_dtype(self.ds.dtype, kinds, self.name)
+        except SlcInputError:
+            self.h5.close()
+            raise
         self.dtype = self.ds.dtype
         self.shape = _shape3(self.ds.shape, self.name)
         self.flat = self.ds.ndim == 2
@@ -177,20 +184,20 @@ class SlcSource(LabelSource):
         self.f.close()
 
 
-def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource") -> LabelSource:
+def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource", kinds: str = "f") -> LabelSource:
     """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), ``path.slc``, ``-`` for an npy stream on stdin, or an array."""
     if isinstance(spec, LabelSource):
         return spec
     if isinstance(spec, np.ndarray):
-        return ArraySource(spec)
+        return ArraySource(spec, kinds=kinds)
     spec = os.fspath(spec)
     if spec == "-":
-        return NpySource(sys.stdin.buffer, "<stdin>", seekable=False)
+        return NpySource(sys.stdin.buffer, "<stdin>", seekable=False, kinds=kinds)
     path, sep, dataset = spec.partition(":")
     if sep and path.lower().endswith((".h5", ".hdf5")):
         if not os.path.exists(path):
             raise SlcInputError(f"expected an existing labels file, got {path!r} (no such file)")
-        return H5Source(path, dataset or "/")
+        return H5Source(path, dataset or "/", kinds)
     if not os.path.exists(spec):
         raise SlcInputError(f"expected an existing labels file, got {spec!r} (no such file)")
     if spec.lower().endswith((".h5", ".hdf5")):
@@ -198,4 +205,32 @@ def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource") -> LabelSo
     with open(spec, "rb") as f:
         if f.read(4) == b"\x89SLC":
             return SlcSource(spec)
-    return NpySource(open(spec, "rb"), spec)
+    return NpySource(open(spec, "rb"), spec, kinds=kinds)
+
+
+class SparseSource(LabelSource):
+    """Already-sparse token labels: ``values`` (N, k) log-probabilities (or probabilities) over a
+    vocabulary of ``vocab`` words, and their word ``indices`` (N, k). Rows are sorted, most probable
+    first; the mass they leave is the tail. ``read`` returns :class:`~slc.sparse.SparseLabels`."""
+
+    def __init__(self, values: LabelSource, indices: LabelSource, vocab: int):
+        (_, n, k), (_, n2, k2) = values.shape, indices.shape
+        if values.shape[0] != 1 or indices.shape[0] != 1:
+            raise SlcInputError(f"expected (tokens, k) arrays of values and indices, got {values.shape} and {indices.shape}")
+        if (n, k) != (n2, k2):
+            raise SlcInputError(f"expected indices of the values' shape ({n}, {k}), got ({n2}, {k2}) in {indices.name}")
+        if not k < vocab:
+            raise SlcInputError(f"expected fewer words per token than the vocabulary ({vocab}), got top-k {k}")
+        self.values, self.indices, self.vocab = values, indices, vocab
+        self.name, self.dtype, self.shape = values.name, values.dtype, (1, n, vocab)
+        self.seekable = values.seekable and indices.seekable
+        self.k = k
+
+    def read(self, epoch, start, stop):
+        from .sparse import sparse_rows
+
+        return sparse_rows(self.values.read(0, start, stop), self.indices.read(0, start, stop), self.vocab, start)
+
+    def close(self):
+        self.values.close()
+        self.indices.close()

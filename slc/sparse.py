@@ -31,13 +31,71 @@ class SparseLabels:
         return self.indices.shape[1]
 
 
+EXACT_TAIL_BELOW = 1e-3  # tail masses below this are summed exactly instead of taken as 1 - sum(top k)
+
+
 @torch.no_grad()
 def select_topk(logp: np.ndarray | torch.Tensor, k: int) -> SparseLabels:
-    """The k most probable words of each row of ``logp`` (log-probabilities, (n, V)) and the tail mass."""
+    """The k most probable words of each row of ``logp`` (log-probabilities, (n, V)) and the tail mass.
+
+    The tail is ``1 - sum(top k)`` in float64, which is exact enough unless the top k hold nearly
+    all the mass; those rows get the exact log-sum-exp of the other words.
+    """
     x = torch.as_tensor(logp, dtype=torch.float32)
+    if not 1 <= k <= x.shape[1]:
+        raise ValueError(f"expected 1 <= k <= V ({x.shape[1]}), got k={k}")
     vals, idx = torch.topk(x, k, dim=1, largest=True, sorted=True)
-    rest = x.scatter(1, idx, float("-inf")).logsumexp(1)  # exact, unlike log(1 - sum): no cancellation
-    return SparseLabels(idx.numpy(), vals.numpy(), rest.numpy())
+    rest = 1.0 - vals.double().exp().sum(1)
+    tail = torch.log(rest.clamp_min(0)).float()
+    small = torch.nonzero(rest < EXACT_TAIL_BELOW).reshape(-1)
+    if len(small) and k < x.shape[1]:
+        tail[small] = x[small].scatter(1, idx[small], float("-inf")).logsumexp(1)
+    elif k == x.shape[1]:
+        tail.fill_(float("-inf"))
+    return SparseLabels(idx.numpy(), vals.numpy(), tail.numpy())
+
+
+def truncate(s: SparseLabels, k: int) -> SparseLabels:
+    """Keep the first ``k`` words of each row (most probable first); the rest joins the tail."""
+    if k >= s.k:
+        return s
+    rest = torch.from_numpy(np.concatenate([s.logp[:, k:], s.tail[:, None]], axis=1)).logsumexp(1).numpy()
+    return SparseLabels(s.indices[:, :k], s.logp[:, :k], rest.astype(np.float32))
+
+
+def sparse_rows(values: np.ndarray, indices: np.ndarray, vocab: int, row0: int = 0) -> SparseLabels:
+    """Validate user-given sparse labels: log-probabilities normalised over ``vocab`` words (or
+    probabilities), distinct indices ``< vocab``. Returns them sorted, most probable first."""
+    from .errors import SlcInputError
+
+    v = np.asarray(values, np.float64)
+    idx = np.asarray(indices, np.int64)
+    if np.isnan(v).any() or np.isposinf(v).any():
+        raise SlcInputError(f"expected finite values or -inf, got NaN or +inf in row {row0 + int(np.argwhere(np.isnan(v) | np.isposinf(v))[0][0])}")
+    if idx.size and (idx.min() < 0 or idx.max() >= vocab):
+        bad = int(idx.max() if idx.max() >= vocab else idx.min())
+        raise SlcInputError(f"expected word indices in [0, {vocab}), got {bad} (vocabulary mismatch? pass --vocab)")
+    srt = np.sort(idx, axis=1)
+    dup = (srt[:, 1:] == srt[:, :-1]).any(1)
+    if dup.any():
+        raise SlcInputError(f"expected distinct word indices per token, got a repeated index in row {row0 + int(np.argmax(dup))}")
+    probs = v.size == 0 or v.min() >= 0
+    logp = np.log(np.clip(v, 0, None)) if probs else v
+    with np.errstate(over="ignore"):
+        total = np.exp(logp).sum(1)
+    over = total > 1 + 1e-3
+    if over.any():
+        r = int(np.argmax(over))
+        raise SlcInputError(f"expected log-probabilities normalised over the whole vocabulary (their exp summing to at "
+                            f"most 1), got {total[r]:.4g} in row {row0 + r}; log-softmax the full logits first")
+    empty = ~np.isfinite(logp).any(1) if logp.shape[1] else np.ones(len(logp), bool)
+    if empty.any():
+        raise SlcInputError(f"expected at least one finite value per token, got an all -inf row {row0 + int(np.argmax(empty))}")
+    order = np.argsort(-logp, axis=1, kind="stable")
+    logp, idx = np.take_along_axis(logp, order, 1), np.take_along_axis(idx, order, 1)
+    with np.errstate(divide="ignore"):
+        tail = np.log(np.clip(1 - total, 0, None))
+    return SparseLabels(idx, logp.astype(np.float32), tail.astype(np.float32))
 
 
 def collapse(s: SparseLabels) -> np.ndarray:
@@ -86,4 +144,4 @@ def kl_rows(p_logp: np.ndarray, q_logp: np.ndarray) -> np.ndarray:
     return terms.sum(1).numpy()
 
 
-__all__ = ["SparseLabels", "TAILS", "select_topk", "collapse", "uncollapse", "expand", "kl_rows"]
+__all__ = ["SparseLabels", "TAILS", "select_topk", "truncate", "sparse_rows", "collapse", "uncollapse", "expand", "kl_rows"]

@@ -7,11 +7,12 @@ from .dense import DenseCodec
 from .pca import PCACodec
 from .quant import QuantCodec
 from .topk import TopKCodec, TopKMRCodec, TopKMRSCodec
+from .topkvq import TopKVQCodec
 from .vq import VQCodec
 from .vqae import VQAECodec
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, TopKMRCodec, TopKMRSCodec, VQAECodec,
-                                                       PCACodec, QuantCodec, VQCodec)}
+                                                       PCACodec, QuantCodec, VQCodec, TopKVQCodec)}
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -21,4 +22,4 @@ def codec_class(name: str) -> type[Codec]:
 
 
 __all__ = ["CODECS", "Codec", "Kind", "DenseCodec", "TopKCodec", "TopKMRCodec", "TopKMRSCodec", "VQAECodec",
-           "PCACodec", "QuantCodec", "VQCodec", "codec_class"]
+           "PCACodec", "QuantCodec", "VQCodec", "TopKVQCodec", "codec_class"]

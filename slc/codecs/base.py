@@ -89,6 +89,13 @@ class Codec(ABC):
         raise NotImplementedError
 
     needs_fit: ClassVar[bool] = False  # whether :meth:`fit` needs a sample of labels
+    default_zstd: ClassVar[bool] = False  # whether chunks are zstd-coded unless the user says
+    token_level: ClassVar[bool] = False  # takes sparse input and -inf logits (LM vocabularies)
+
+    @classmethod
+    def reduce_sample(cls, blocks, classes: int, params: dict):
+        """What :meth:`fit` gets from sampled blocks of log-probabilities: by default all of them."""
+        return np.concatenate(list(blocks))
 
 
 def param(params: dict, key: str, typ: type | tuple[type, ...], lo: float | None = None,

@@ -1,0 +1,326 @@
+"""Token-level labels: exact top-k word indices, vector-quantised values, a modelled tail (paper section 4.2).
+
+Per token the payload holds the k most probable words as *frequency ranks* (rank 0 is the word
+most often in a fit sample's top k) written as byte planes, then the values. Ranks are small and
+skewed, so the planes' high bytes are nearly constant and chunk zstd takes them to well under a
+byte per index (measured 0.75 B at V = 72,547) while any vocabulary up to 2^32 words fits.
+
+Values are the collapsed (k+1)-class distribution (the k words, then the tail as one class),
+coded by a VQAE (``values = "vqae"``: ``m`` codes of ``log2 K`` bits per token) or kept as
+bfloat16 probabilities (``values = "bf16"``, the usual "top-k in bf16" reference).
+
+The tail (mass outside the k words) goes to the other words by ``tail``:
+
+- ``prior``: in proportion to a stored distribution ``q`` over the vocabulary (the fit sample's mean
+  teacher distribution mixed with ``1 - prior_weight`` of uniform), renormalised over each token's
+  unstored words;
+- ``uniform``: equally (FKD's smoothing); ``mr``: nowhere, the k words are renormalised;
+  ``mrs``: each unstored word gets the smallest stored probability, then all are renormalised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from ..errors import SlcFormatError, SlcInputError, expect
+from ..sparse import SparseLabels, collapse, expand, select_topk, truncate, uncollapse
+from ..vqae import FitConfig
+from .base import Codec, param, split_payload
+from .fitting import check_tensors
+from .vqae import VQAECodec
+
+TAILS = ("prior", "uniform", "mr", "mrs")
+VALUES = ("vqae", "bf16")
+PREFIX = "topk-vq."
+DEFAULTS = {"k": 64, "values": "vqae", "m": 8, "codes": 256, "tail": "prior", "prior_weight": 0.99}
+MAX_K = 4096
+
+
+@dataclass
+class TokenSample:
+    """What fitting needs from a sample of labels: its top-k rows and its mean distribution."""
+
+    sparse: SparseLabels
+    prob_sum: np.ndarray  # (V,) float64 sum of the sampled distributions
+    rows: int
+
+
+def index_bytes(vocab: int) -> int:
+    return (bits_for(vocab) + 7) // 8
+
+
+def rank_planes(ranks: np.ndarray, nbytes: int) -> bytes:
+    """Byte planes of ``ranks``: all low bytes, then all second bytes, ... (zstd finds the runs)."""
+    r = np.ascontiguousarray(ranks, dtype="<u4").reshape(-1)
+    return r.view(np.uint8).reshape(-1, 4)[:, :nbytes].T.tobytes()
+
+
+def plane_ranks(data: bytes | memoryview, count: int, nbytes: int) -> np.ndarray:
+    planes = np.frombuffer(data, np.uint8).reshape(nbytes, count)
+    out = np.zeros((count, 4), np.uint8)
+    out[:, :nbytes] = planes.T
+    return out.view("<u4").reshape(count)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (nearest even) and return the 16-bit patterns."""
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view("<u2")
+
+
+def from_bf16(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, np.uint32) << 16).view(np.float32)
+
+
+class TopKVQCodec(Codec):
+    name = "topk-vq"
+    since_minor = 3
+    default_zstd = True  # the rank planes are made for it
+    token_level = True
+    needs_fit = True
+
+    def __init__(self, classes: int, k: int, order: np.ndarray, values: VQAECodec | None, tail: str,
+                 prior_logp: np.ndarray | None, prior_weight: float | None):
+        super().__init__(classes)
+        self.k, self.order, self.values_codec, self.tail = k, np.asarray(order, np.int64), values, tail
+        self.values = "vqae" if values is not None else "bf16"
+        self.nbytes = index_bytes(classes)
+        self.prior_weight = prior_weight
+        self.prior_logp = None if prior_logp is None else np.asarray(prior_logp, np.float32)
+        # rank -> word: the stored order first, then every other word in id order
+        seen = np.zeros(classes, bool)
+        seen[self.order] = True
+        self.word_of = np.concatenate([self.order, np.flatnonzero(~seen)])
+        self.rank_of = np.empty(classes, np.int64)
+        self.rank_of[self.word_of] = np.arange(classes)
+
+    # ---------------------------------------------------------------- storage
+    def params(self) -> dict:
+        p = {"k": self.k, "index_bytes": self.nbytes, "ranked": len(self.order), "values": self.values,
+             "tail": self.tail}
+        if self.tail == "prior":
+            p["prior_weight"] = self.prior_weight
+        if self.values_codec is not None:
+            p["vq"] = self.values_codec.params()
+        return p
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        t = {PREFIX + "order": self.order.astype("<u4")}
+        if self.prior_logp is not None:
+            t[PREFIX + "prior"] = self.prior_logp.astype("<f2")
+        if self.values_codec is not None:
+            t.update({PREFIX + name.split(".", 1)[1]: a for name, a in self.values_codec.tensors().items()})
+        return t
+
+    @classmethod
+    def _checked(cls, params: dict, classes: int) -> dict:
+        p = {"k": param(params, "k", int, 1, min(MAX_K, classes - 1)),
+             "ranked": param(params, "ranked", int, 0, classes),
+             "values": param(params, "values", str, choices=VALUES),
+             "tail": param(params, "tail", str, choices=TAILS)}
+        param(params, "index_bytes", int, choices=(index_bytes(classes),))
+        if p["tail"] == "prior":
+            p["prior_weight"] = float(param(params, "prior_weight", (int, float), 0.0, 1.0))
+        if p["values"] == "vqae":
+            expect(isinstance(params.get("vq"), dict), "codec parameter 'vq' (an object)", repr(params.get("vq")))
+            p["vq"] = params["vq"]
+            VQAECodec._checked(p["vq"], p["k"] + 1)
+        return p
+
+    @classmethod
+    def tensor_specs(cls, params, classes):
+        p = cls._checked(params, classes)
+        specs = {PREFIX + "order": ("<u4", (p["ranked"],))}
+        if p["tail"] == "prior":
+            specs[PREFIX + "prior"] = ("<f2", (classes,))
+        if p["values"] == "vqae":
+            for name, spec in VQAECodec.tensor_specs(p["vq"], p["k"] + 1).items():
+                specs[PREFIX + name.split(".", 1)[1]] = spec
+        return specs
+
+    @classmethod
+    def from_file(cls, params, tensors, classes):
+        p = cls._checked(params, classes)
+        specs = cls.tensor_specs(params, classes)
+        order = tensors[PREFIX + "order"]
+        expect(tuple(order.shape) == specs[PREFIX + "order"][1], "an order tensor of the declared length",
+               list(order.shape))
+        if order.size:
+            expect(int(order.max()) < classes, f"ranked words < {classes}", int(order.max()))
+            expect(np.unique(order).size == order.size, "distinct words in the rank order", "a repeated word")
+        prior = None
+        if p["tail"] == "prior":
+            check_tensors({PREFIX + "prior": tensors[PREFIX + "prior"]}, {PREFIX + "prior": specs[PREFIX + "prior"]})
+            prior = tensors[PREFIX + "prior"].astype(np.float32)
+        values = None
+        if p["values"] == "vqae":
+            inner = {"vqae." + name[len(PREFIX):]: a for name, a in tensors.items()
+                     if name not in (PREFIX + "order", PREFIX + "prior")}
+            values = VQAECodec.from_file(p["vq"], inner, p["k"] + 1)
+        return cls(classes, p["k"], order, values, p["tail"], prior, p.get("prior_weight"))
+
+    def encoder_state(self) -> dict[str, np.ndarray]:
+        return {} if self.values_codec is None else self.values_codec.encoder_state()
+
+    def restore_encoder_state(self, state: dict[str, np.ndarray]) -> None:
+        if self.values_codec is not None:
+            self.values_codec.restore_encoder_state(state)
+
+    # ---------------------------------------------------------------- coding
+    def payload_size(self, n: int) -> int:
+        return self.planned_payload(self.params(), self.classes, n)
+
+    def work_per_label(self) -> int:
+        extra = 0 if self.values_codec is None else self.values_codec.work_per_label()
+        return self.classes + 4 * self.k + extra
+
+    def encode(self, logp: np.ndarray) -> bytes:
+        return self.encode_sparse(select_topk(logp, self.k))
+
+    def encode_sparse(self, s: SparseLabels) -> bytes:
+        n = len(s)
+        if s.k < self.k:
+            raise SlcInputError(f"expected at least k={self.k} words per token, got {s.k} (use --param k={s.k})")
+        s = truncate(s, self.k)
+        ranks = rank_planes(self.rank_of[s.indices], self.nbytes)
+        if self.values_codec is None:
+            return ranks + bf16_bits(np.exp(s.logp)).tobytes()
+        codes = self.values_codec.codes(collapse(s))
+        return ranks + pack_bits(codes.numpy(), self.values_codec.bits) if n else ranks
+
+    def decode_sparse(self, payload: bytes | memoryview, n: int) -> SparseLabels:
+        """The stored words (most probable first for bf16 values), their log-probabilities and the tail."""
+        k = self.k
+        raw_idx, raw_vals = split_payload(payload, n * k * self.nbytes, self.payload_size(n) - n * k * self.nbytes)
+        ranks = plane_ranks(raw_idx, n * k, self.nbytes)
+        if n and int(ranks.max()) >= self.classes:
+            raise SlcFormatError(f"expected word ranks < {self.classes}, got {int(ranks.max())}")
+        idx = self.word_of[ranks].reshape(n, k)
+        if self.values_codec is None:
+            p = from_bf16(np.frombuffer(raw_vals, "<u2")).reshape(n, k)
+            total = p.sum(1, dtype=np.float64)
+            ok = n == 0 or (p.min() >= 0 and p.max() <= 1 and total.max() <= 1 + 1e-2 * k)
+            expect(ok, "top-k probabilities in [0, 1] summing to at most 1", "values out of range")
+            with np.errstate(divide="ignore"):
+                logp = np.log(p)
+                tail = np.log(np.clip(1 - total, 0, None)).astype(np.float32)
+            s = SparseLabels(idx, logp, tail)
+        else:
+            vq = self.values_codec
+            codes = unpack_bits(raw_vals, n * vq.m, vq.bits)
+            if codes.size and codes.max() >= vq.k:
+                raise SlcFormatError(f"expected code indices < {vq.k}, got {codes.max()}")
+            out, _ = vq.decode_codes(torch.from_numpy(codes).view(n, vq.m))
+            s = uncollapse(idx, out)
+        return self.apply_tail(s)
+
+    def apply_tail(self, s: SparseLabels) -> SparseLabels:
+        """``mr`` and ``mrs`` change the stored values; ``prior`` and ``uniform`` only how the tail spreads."""
+        if self.tail == "mr":
+            lp = torch.log_softmax(torch.from_numpy(s.logp), 1).numpy()
+            return SparseLabels(s.indices, lp, np.full(len(s), -np.inf, np.float32))
+        if self.tail == "mrs":
+            lp = torch.from_numpy(s.logp)
+            rest = lp.min(1).values + np.log(self.classes - self.k)
+            z = torch.logaddexp(lp.logsumexp(1), rest)
+            return SparseLabels(s.indices, (lp - z[:, None]).numpy(), (rest - z).numpy())
+        return s
+
+    def check_distinct(self, s: SparseLabels) -> None:
+        srt = np.sort(s.indices, axis=1)
+        expect(not (srt[:, 1:] == srt[:, :-1]).any(), "distinct words in each token's top k", "a repeated word")
+
+    def decode(self, payload, n):
+        s = self.decode_sparse(payload, n)
+        self.check_distinct(s)
+        tail = "prior" if self.tail == "prior" else "uniform"
+        return expand(s, self.classes, tail, self.prior_logp), "logits"
+
+    # ---------------------------------------------------------------- planning and fitting
+    @classmethod
+    def ladder(cls, classes, options):
+        p = {**DEFAULTS, **options}
+        unknown = sorted(set(p) - set(DEFAULTS) - {"steps"})
+        if unknown:
+            raise ValueError(f"parameters in {sorted(DEFAULTS)}, not {unknown}")
+        for key in ("k", "m", "codes"):
+            if not isinstance(p[key], int) or isinstance(p[key], bool):
+                raise ValueError(f"an integer {key}, got {p[key]!r}")
+        if not 1 <= p["k"] < classes or p["k"] > MAX_K:
+            raise ValueError(f"1 <= k < V ({classes}) and k <= {MAX_K}, got k={p['k']}")
+        if p["values"] not in VALUES or p["tail"] not in TAILS:
+            raise ValueError(f"values in {VALUES} and tail in {TAILS}, got {p['values']!r}, {p['tail']!r}")
+        if not 2 <= p["codes"] <= 1 << 16 or not 1 <= p["m"] <= 4 * (p["k"] + 1):
+            raise ValueError(f"2 <= codes <= 65536 and 1 <= m <= 4(k+1), got codes={p['codes']}, m={p['m']}")
+        if not 0 <= float(p["prior_weight"]) <= 1:
+            raise ValueError(f"0 <= prior_weight <= 1, got {p['prior_weight']}")
+        return [p]
+
+    @classmethod
+    def planned_payload(cls, params, classes, n):
+        idx = n * params["k"] * index_bytes(classes)
+        if params["values"] == "bf16":
+            return idx + 2 * n * params["k"]
+        vq = params.get("vq") or {"k": params["codes"], "dh": params["m"], "dc": 1}
+        return idx + packed_size(n * (vq["dh"] // vq["dc"]), bits_for(vq["k"]))
+
+    @classmethod
+    def planned_tensors(cls, params, classes):
+        sizes = [4 * classes]  # at most: every word ranked
+        if params["tail"] == "prior":
+            sizes.append(2 * classes)
+        if params["values"] == "vqae":
+            dc = latent_width(params["k"], params["m"])
+            sizes += [2 * params["codes"] * dc, 2 * dc * params["m"] * (params["k"] + 1), 2 * (params["k"] + 1)]
+        return sizes
+
+    @classmethod
+    def reduce_sample(cls, blocks, classes: int, params: dict) -> TokenSample:
+        """Keep only what fitting needs from sampled blocks of log-probabilities (or sparse labels)."""
+        parts, total, rows = [], np.zeros(classes, np.float64), 0
+        for block in blocks:
+            if isinstance(block, SparseLabels) and block.k < params["k"]:
+                raise SlcInputError(f"expected at least k={params['k']} words per token, got {block.k} "
+                                    f"(use --param k={block.k})")
+            s = truncate(block, params["k"]) if isinstance(block, SparseLabels) else select_topk(block, params["k"])
+            if isinstance(block, SparseLabels):  # a sparse input's tail is spread uniformly for the prior
+                rest = np.exp(s.tail.astype(np.float64)) / (classes - s.k)
+                total += rest.sum()
+                np.add.at(total, s.indices.reshape(-1), np.exp(s.logp.astype(np.float64)).reshape(-1)
+                          - np.repeat(rest, s.k))
+            else:
+                total += np.exp(np.asarray(block, np.float64)).sum(0)
+            parts.append(s)
+            rows += len(s)
+        sparse = SparseLabels(np.concatenate([p.indices for p in parts]), np.concatenate([p.logp for p in parts]),
+                              np.concatenate([p.tail for p in parts]))
+        return TokenSample(sparse, total, rows)
+
+    @classmethod
+    def fit(cls, sample, classes, params, seed=0):
+        if not isinstance(sample, TokenSample):
+            sample = cls.reduce_sample([sample], classes, params)
+        k = params["k"]
+        s = SparseLabels(sample.sparse.indices[:, :k], sample.sparse.logp[:, :k], sample.sparse.tail)
+        counts = np.bincount(s.indices.reshape(-1), minlength=classes)
+        order = np.argsort(-counts, kind="stable")[: int((counts > 0).sum())]
+        prior = None
+        w = float(params["prior_weight"])
+        if params["tail"] == "prior":
+            mean = sample.prob_sum / max(sample.rows, 1)
+            mixed = w * mean / mean.sum() + (1 - w) / classes
+            prior = np.log(np.maximum(mixed, 1e-30)).astype(np.float32)
+            prior = prior.astype("<f2").astype(np.float32)  # what a reader sees
+        values = None
+        if params["values"] == "vqae":
+            dc = latent_width(k, params["m"])
+            cfg = FitConfig(seed=seed, steps=int(params.get("steps", FitConfig.steps)))
+            values = VQAECodec.fit(collapse(s), params["codes"], dc, dc * params["m"], cfg, "<f2")
+        return cls(classes, k, order, values, params["tail"], prior, w if params["tail"] == "prior" else None)
+
+
+def latent_width(k: int, m: int) -> int:
+    """d_c per code: the (k+1) values share ``m`` codes; 40 latent dimensions are plenty (measured)."""
+    return max(1, -(-min(k + 1, 40) // m))
