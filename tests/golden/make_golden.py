@@ -3,6 +3,7 @@
     python tests/golden/make_golden.py v1.0    # only with a 0.1.x writer: it writes format 1.0
     python tests/golden/make_golden.py v1.1    # the replay sections of `slc encode`
     python tests/golden/make_golden.py v1.2    # the 1.2 codecs and a pruned file
+    python tests/golden/make_golden.py v1.3    # token-level topk-vq files with tokens.seq / tokens.ids
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -80,7 +81,34 @@ def make_v1_2() -> None:
     print(f"wrote {len(expected)} v1.2 files")
 
 
+V1_3 = {"topk-vq": {"k": 5, "m": 2, "codes": 16, "steps": 50},
+        "topk-vq-bf16": {"k": 5, "values": "bf16", "tail": "mrs"}}
+
+
+def make_v1_3() -> None:
+    """Token labels over 300 words (2-byte ranks), 40 tokens in 3 sequences, chunks of 16."""
+    rng = np.random.default_rng(20261129)
+    zipf = -np.log(np.arange(1, 301))
+    logits = (zipf + rng.normal(size=(40, 300)) * 1.5).astype(np.float32)
+    logits[3, 10:] = -np.inf  # a suppressed vocabulary: only 10 words possible
+    np.save(HERE / "v1.3-tokens.input.npy", logits)
+    expected = {}
+    for name, options in V1_3.items():
+        out = HERE / f"v1.3-{name}.slc"
+        slc.compress(str(HERE / "v1.3-tokens.input.npy"), str(out), codec="topk-vq", source="logits",
+                     temperature=1.0, chunk_size=16, options=options, sequences=np.array([0, 7, 30, 40]),
+                     token_ids=np.arange(40) * 7 % 300, force=True)
+        with slc.open_slc(out) as f:
+            f.verify()
+            s = f.sparse()
+            expected[name] = f.decode(0)
+            expected[name + ".indices"], expected[name + ".logp"], expected[name + ".tail"] = s.indices, s.logp, s.tail
+    np.savez(HERE / "v1.3-expected.npz", **expected)
+    print(f"wrote {len(V1_3)} v1.3 files")
+
+
 if __name__ == "__main__":
     import sys
 
-    {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2}[sys.argv[1] if len(sys.argv) > 1 else "v1.2"]()
+    {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3}[sys.argv[1] if len(sys.argv) > 1
+                                                                            else "v1.3"]()

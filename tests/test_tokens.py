@@ -1,0 +1,261 @@
+"""Token-level labels (codec topk-vq, format 1.3): exact indices, value and tail treatments, sequences, bad input."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import slc
+from slc.codecs.topkvq import index_bytes, plane_ranks, rank_planes
+from slc.errors import SlcFormatError, SlcInputError
+from slc.sparse import select_topk
+from tests.conftest import run_slc
+
+FAST = {"steps": 60}  # VQAE fit steps: enough to decode sensibly, quick in CI
+
+
+def lm_logits(tokens: int = 600, vocab: int = 3000, seed: int = 0, offset: int = 0) -> np.ndarray:
+    """Zipf-shaped next-word logits with per-token noise: skewed like an LM's, small enough for unit tests."""
+    rng = np.random.default_rng(seed)
+    base = -1.1 * np.log(np.arange(1, vocab + 1))
+    base = np.roll(base, offset)  # offset > 0 puts the likely words at high ids
+    return (base + rng.normal(size=(tokens, vocab)) * 1.5).astype(np.float32)
+
+
+def last_line(p) -> str:
+    return p.stderr.decode().strip().splitlines()[-1]
+
+
+def logp_of(logits: np.ndarray) -> np.ndarray:
+    return torch.log_softmax(torch.from_numpy(logits), 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tokens")
+    logits = lm_logits()
+    np.save(d / "logits.npy", logits)
+    seq = np.array([0, 100, 350, 600])
+    ids = np.arange(600) * 13 % 3000
+    out = d / "t.slc"
+    slc.compress(str(d / "logits.npy"), out, codec="topk-vq", options={"k": 16, "m": 4, **FAST}, sequences=seq,
+                 token_ids=ids, chunk_size=128)
+    return out, logits, seq, ids
+
+
+def test_indices_are_exact_and_sequences_read_directly(token_file):
+    out, logits, seq, ids = token_file
+    exact = select_topk(logp_of(logits), 16)
+    with slc.open_slc(out) as f:
+        assert (f.layout.major, f.layout.minor) == (1, 3) and f.header.entropy == "zstd"
+        s = f.sparse()
+        np.testing.assert_array_equal(s.indices, exact.indices)  # the stored words are the teacher's, in order
+        assert f.sequences == 3 and f.sequence_range(1) == (100, 350)
+        one = f.sequence(1)
+        np.testing.assert_array_equal(one.indices, s.indices[100:350])
+        np.testing.assert_array_equal(one.logp, s.logp[100:350])
+        np.testing.assert_array_equal(f.token_ids(), ids)
+        # the value codec is lossy but close: collapsed KL per token well under a nat
+        total = np.logaddexp.reduce(np.concatenate([s.logp, s.tail[:, None]], 1), axis=1)
+        np.testing.assert_allclose(total, 0, atol=1e-5)  # stored mass + tail = 1
+        dense = f.sequence(2, sparse=False)
+        assert dense.shape == (250, 3000)
+        np.testing.assert_allclose(np.exp(dense).sum(1), 1, atol=1e-4)
+        assert f.sequence(0, length=10).indices.shape == (10, 16)
+        with pytest.raises(SlcInputError, match="expected at most 100 tokens for sequence 0"):
+            f.sequence(0, length=101)
+        with pytest.raises(IndexError):
+            f.sequence(3)
+
+
+def test_prior_tail_beats_the_uniform_tail_at_equal_bytes(tmp_path, token_file):
+    """With Zipf-shaped teachers the tail is mostly common words: the stored prior puts it there."""
+    _, logits, _, _ = token_file
+    lp = logp_of(logits)
+    kl = {}
+    for tail in ("prior", "uniform"):
+        out = tmp_path / f"{tail}.slc"
+        slc.compress(lp, out, codec="topk-vq", source="logits", options={"k": 16, "values": "bf16", "tail": tail})
+        with slc.open_slc(out) as f:
+            q = f.decode(0, out="logits")
+        p = torch.from_numpy(lp)
+        kl[tail] = float((p.exp() * (p - torch.log_softmax(torch.from_numpy(q), 1))).sum(1).mean())
+    assert kl["prior"] < 0.8 * kl["uniform"], kl
+
+
+def test_bf16_values_and_the_mr_mrs_tails(tmp_path):
+    lp = logp_of(lm_logits(200, 500))
+    exact = select_topk(lp, 8)
+    p16 = torch.from_numpy(np.exp(exact.logp)).to(torch.bfloat16).float().numpy()
+    for tail in ("uniform", "mr", "mrs"):
+        out = tmp_path / f"{tail}.slc"
+        slc.compress(lp, out, codec="topk-vq", source="logits", options={"k": 8, "values": "bf16", "tail": tail})
+        with slc.open_slc(out) as f:
+            s, dense = f.sparse(), np.exp(f.decode(0, out="logits"))
+        np.testing.assert_array_equal(s.indices, exact.indices)
+        others = np.ones_like(dense, bool)
+        np.put_along_axis(others, s.indices, False, 1)
+        rest = dense[others].reshape(200, 492)
+        if tail == "uniform":
+            np.testing.assert_allclose(s.logp, np.log(p16), rtol=1e-6)
+            np.testing.assert_allclose(rest, rest[:, :1].repeat(492, 1), rtol=1e-5)
+        elif tail == "mr":
+            assert np.isneginf(s.tail).all() and rest.max() == 0
+            np.testing.assert_allclose(np.exp(s.logp).sum(1), 1, rtol=1e-5)
+        else:  # every unstored word gets the smallest stored probability
+            np.testing.assert_allclose(rest, np.exp(s.logp).min(1, keepdims=True).repeat(492, 1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("vocab,nbytes", [(200, 1), (3000, 2), (150_001, 3)])
+def test_index_width_follows_the_vocabulary(tmp_path, vocab, nbytes):
+    logits = lm_logits(48, vocab, offset=vocab - 100)  # the likely words have the highest ids
+    out = tmp_path / "v.slc"
+    slc.compress(logits, out, codec="topk-vq", source="logits", options={"k": 12, "m": 2, **FAST})
+    with slc.open_slc(out) as f:
+        assert f.codec.params()["index_bytes"] == nbytes
+        np.testing.assert_array_equal(f.sparse().indices, select_topk(logp_of(logits), 12).indices)
+    assert index_bytes(2 ** 24 + 3) == 4
+    ranks = np.array([0, 1, 2 ** 24 + 2, 70_000], np.int64)
+    np.testing.assert_array_equal(plane_ranks(rank_planes(ranks, 4), 4, 4), ranks)
+
+
+def test_suppressed_logits_and_bad_rows(tmp_path):
+    logits = lm_logits(64, 400)
+    logits[5, 7:] = -np.inf  # only 7 words possible: fewer than k
+    logits[9, :] = np.where(np.arange(400) < 200, logits[9], -1e30)  # very negative, not -inf
+    out = tmp_path / "s.slc"
+    slc.compress(logits, out, codec="topk-vq", source="logits", options={"k": 10, "values": "bf16"})
+    with slc.open_slc(out) as f:
+        s = f.sparse()
+        assert set(s.indices[5, :7]) == set(range(7)) and np.isneginf(s.logp[5, 7:]).all()
+        assert s.indices[9].max() < 200
+        assert np.isfinite(f.decode(0)).all()
+    bad = logits.copy()
+    bad[11] = -np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    p = run_slc("compress", tmp_path / "bad.npy", "-o", tmp_path / "b.slc", "--codec", "topk-vq", "--logits")
+    assert p.returncode == 1 and last_line(p) == \
+        "Error: expected at least one finite logit per label, got an all -inf row 11"
+    bad[11] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    p = run_slc("compress", tmp_path / "bad.npy", "-o", tmp_path / "b.slc", "--codec", "topk-vq", "--logits")
+    assert p.returncode == 1 and "got NaN or inf in row 11" in p.stderr.decode()
+    assert not (tmp_path / "b.slc").exists()
+
+
+def test_k_larger_than_the_vocabulary_is_one_line(tmp_path):
+    np.save(tmp_path / "l.npy", lm_logits(20, 50))
+    p = run_slc("compress", tmp_path / "l.npy", "-o", tmp_path / "x.slc", "--codec", "topk-vq", "--param", "k=64")
+    assert p.returncode == 1
+    assert last_line(p) == ("Error: expected parameters topk-vq can use, got 1 <= k < V (50) and "
+                                         "k <= 4096, got k=64")
+    with pytest.raises(ValueError, match="expected 1 <= k <= V"):
+        select_topk(np.zeros((2, 5), np.float32), 6)
+
+
+def test_sparse_input_from_files(tmp_path):
+    """(indices, values) pairs as a user's pipeline would give them: unsorted, more than k per token."""
+    lp = logp_of(lm_logits(300, 2000))
+    top = select_topk(lp, 24)
+    rng = np.random.default_rng(1)
+    perm = np.argsort(rng.random((300, 24)), 1)  # shuffled within each token
+    np.save(tmp_path / "vals.npy", np.take_along_axis(top.logp, perm, 1))
+    np.save(tmp_path / "idx.npy", np.take_along_axis(top.indices, perm, 1).astype(np.int32))
+    np.save(tmp_path / "seq.npy", np.array([120, 180]))  # lengths
+    p = run_slc("compress", tmp_path / "vals.npy", "--indices", tmp_path / "idx.npy", "--vocab", 2000, "--seq",
+                tmp_path / "seq.npy", "-o", tmp_path / "s.slc", "--codec", "topk-vq", "--param", "k=16",
+                "--param", "values=bf16")
+    assert p.returncode == 0, p.stderr.decode()
+    with slc.open_slc(tmp_path / "s.slc") as f:
+        s = f.sparse()
+        np.testing.assert_array_equal(s.indices, top.indices[:, :16])
+        assert f.sequence_range(1) == (120, 300)
+        # the tail holds the mass of words 17..24 too
+        want = np.logaddexp(top.tail, np.logaddexp.reduce(top.logp[:, 16:], axis=1))
+        np.testing.assert_allclose(s.tail, want, atol=2e-2)
+
+    def err(*extra, vocab=2000):
+        q = run_slc("compress", tmp_path / "vals.npy", "--indices", tmp_path / "idx.npy", "--vocab", vocab, "-o",
+                    tmp_path / "e.slc", "--codec", "topk-vq", *extra)
+        assert q.returncode == 1 and not (tmp_path / "e.slc").exists()
+        return last_line(q)
+
+    assert err(vocab=1000).startswith("Error: expected word indices in [0, 1000), got")
+    assert err("--param", "k=30") == "Error: expected at least k=30 words per token, got 24 (use --param k=24)"
+    np.save(tmp_path / "vals.npy", np.take_along_axis(top.logp, perm, 1) + 1.0)  # logits, not log-probabilities
+    assert "expected log-probabilities normalised over the whole vocabulary" in err()
+    q = run_slc("compress", tmp_path / "vals.npy", "--indices", tmp_path / "idx.npy", "-o", tmp_path / "e.slc",
+                "--codec", "topk-vq")
+    assert last_line(q) == "Error: expected --indices and --vocab together (already-sparse input), got only one"
+    q = run_slc("compress", tmp_path / "vals.npy", "--indices", tmp_path / "idx.npy", "--vocab", 2000, "-o",
+                tmp_path / "e.slc", "--codec", "topk")
+    assert last_line(q) == "Error: expected --codec topk-vq for sparse (indices, values) input, got 'topk'"
+
+
+def test_dense_input_from_npy_hdf5_and_a_stream_give_the_same_file(tmp_path):
+    logits = lm_logits(300, 1000)
+    np.save(tmp_path / "l.npy", logits)
+    with h5py.File(tmp_path / "l.h5", "w") as h:
+        h["logits"] = logits
+    args = ["--codec", "topk-vq", "--param", "k=8", "--param", "m=2", "--param", "steps=60", "--logits"]
+    run_slc("compress", tmp_path / "l.npy", "-o", tmp_path / "a.slc", *args, check=True)
+    run_slc("compress", f"{tmp_path / 'l.h5'}:/logits", "-o", tmp_path / "b.slc", *args, check=True)
+    run_slc("compress", "-", "-o", tmp_path / "c.slc", *args, stdin=(tmp_path / "l.npy").read_bytes(), check=True)
+    a = (tmp_path / "a.slc").read_bytes()
+    assert a == (tmp_path / "b.slc").read_bytes() == (tmp_path / "c.slc").read_bytes()
+
+
+def test_inspect_reports_bytes_per_token(token_file):
+    out, _, _, _ = token_file
+    p = run_slc("inspect", out, "--json", check=True)
+    info = json.loads(p.stdout)
+    tk = info["tokens"]
+    assert tk["tokens"] == 600 and tk["sequences"] == 3 and tk["token_ids"] and tk["k"] == 16
+    ids = 4 * 600
+    assert tk["bytes_per_token"] == pytest.approx((info["bytes"] - ids) / 600)
+    assert tk["ratio_vs_fp16"] == pytest.approx(6000 / tk["bytes_per_token"])
+    assert tk["ratio_vs_topk_bf16_int32"] == pytest.approx(96 / tk["bytes_per_token"])
+    text = run_slc("inspect", out, check=True).stdout.decode()
+    assert "token labels: 600 tokens in 3 sequences" in text and "top-16 bf16 + int32 indices" in text
+
+
+def test_sparse_api_refuses_a_vision_file(tmp_path, logits_npy):
+    slc.compress(str(logits_npy), tmp_path / "v.slc", codec="topk", k=3)
+    with slc.open_slc(tmp_path / "v.slc") as f:
+        with pytest.raises(TypeError, match="expected a token-level file"):
+            f.sparse(0, 4)
+        assert f.sequences == 1 and f.token_ids() is None
+
+
+def test_golden_v1_3_token_files_keep_reading_the_same():
+    """Pinned bytes of format 1.3 (tests/golden/make_golden.py v1.3)."""
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden"
+    expected = np.load(golden / "v1.3-expected.npz")
+    for name in ("topk-vq", "topk-vq-bf16"):
+        with slc.open_slc(golden / f"v1.3-{name}.slc") as f:
+            f.verify()
+            assert (f.layout.major, f.layout.minor) == (1, 3) and f.sequence_range(1) == (7, 30)
+            s = f.sparse()
+            np.testing.assert_array_equal(f.decode(0), expected[name])
+            np.testing.assert_array_equal(s.indices, expected[name + ".indices"])
+            np.testing.assert_array_equal(s.logp, expected[name + ".logp"])
+            np.testing.assert_array_equal(s.tail, expected[name + ".tail"])
+            np.testing.assert_array_equal(f.token_ids(), np.arange(40) * 7 % 300)
+
+
+def test_corrupt_token_sections_are_format_errors(tmp_path):
+    from slc.tokens import parse_ids, parse_seq
+
+    with pytest.raises(SlcFormatError, match="offsets from 0 to 10"):
+        parse_seq(np.array([0, 4, 9], "<u8").tobytes(), 10)
+    with pytest.raises(SlcFormatError, match="strictly increasing"):
+        parse_seq(np.array([0, 4, 4, 10], "<u8").tobytes(), 10)
+    with pytest.raises(SlcFormatError, match="2..11 u64 offsets"):
+        parse_seq(np.zeros(12, "<u8").tobytes(), 10)
+    with pytest.raises(SlcFormatError, match="token ids < 300"):
+        parse_ids(np.array([1, 300], "<u4").tobytes(), 2, 300)
