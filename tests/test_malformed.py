@@ -743,6 +743,11 @@ def read_everything(path) -> None:
         f.verify()
         for _ in f.iter_chunks():
             pass
+        if hasattr(f.codec, "decode_sparse"):  # token files: the sparse path, sequences and token ids too
+            f.sparse()
+            for i in range(f.sequences):
+                f.sequence_range(i)
+            f.token_ids()
 
 
 def _open_verify_decode(path) -> None:
@@ -830,6 +835,7 @@ def test_file_size_matches_sizing(valid, parts):
 
 
 V1_2_FILES = ("topk-mr", "topk-mrs", "pca", "quant", "vq-noae", "pruned")
+V1_3_FILES = ("topk-vq", "topk-vq-bf16")
 
 
 @FUZZ
@@ -837,4 +843,12 @@ V1_2_FILES = ("topk-mr", "topk-mrs", "pca", "quant", "vq-noae", "pruned")
 def test_fuzz_the_1_2_codecs_and_pruned_files(tmp_path, name, muts, crcs):
     """The 1.2 codecs' params, tensors and payloads and epochs.map: a clean error or a valid read, nothing else."""
     data = _mutate((GOLDEN / f"v1.2-{name}.slc").read_bytes(), muts, None)
+    _open_verify_decode(save(tmp_path, fresh_crcs(data) if crcs else data, "fuzz.slc"))
+
+
+@FUZZ
+@given(name=st.sampled_from(V1_3_FILES), muts=mutations, crcs=st.booleans())
+def test_fuzz_the_1_3_token_files(tmp_path, name, muts, crcs):
+    """topk-vq params, rank order, prior, VQAE tensors, rank planes, tokens.seq and tokens.ids."""
+    data = _mutate((GOLDEN / f"v1.3-{name}.slc").read_bytes(), muts, None)
     _open_verify_decode(save(tmp_path, fresh_crcs(data) if crcs else data, "fuzz.slc"))
