@@ -446,9 +446,11 @@ def train_student(images, labels, out_dir, student, epochs, batch_size, lr, weig
 @click.option("--probs", "out_kind", flag_value="probs", default=True, help="Write probabilities (default).")
 @click.option("-T", "--temperature", type=float, help="Re-temper to this temperature (default: the stored one).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--sparse", is_flag=True, help="Token files: write the stored top-k words, log-probabilities and tail "
+              "per token (npy records, or HDF5 datasets indices/logp/tail/offsets) instead of V floats per token.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @handle_errors
-def decode(file, output, epochs, start, stop, out_kind, temperature, dtype, force):
+def decode(file, output, epochs, start, stop, out_kind, temperature, dtype, force, sparse):
     """Decode labels from an .slc file, streaming in bounded memory.
 
     The output has shape (N, C) for one epoch and (E, N, C) otherwise.
@@ -461,7 +463,7 @@ def decode(file, output, epochs, start, stop, out_kind, temperature, dtype, forc
 
     if temperature is not None and not temperature > 0:
         raise click.BadParameter(f"expected a temperature > 0, got {temperature}", param_hint="--temperature")
-    export(file, output, list(epochs) or None, start, stop, out_kind or "probs", temperature, dtype, force)
+    export(file, output, list(epochs) or None, start, stop, out_kind or "probs", temperature, dtype, force, sparse)
 
 
 # --------------------------------------------------------------------------- inspect

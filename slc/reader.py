@@ -174,24 +174,27 @@ class SlcFile:
     def sparse_codec(self):
         decode = getattr(self.codec, "decode_sparse", None)
         if decode is None:
-            raise TypeError(f"expected a token-level file (codec topk-vq) for sparse labels, got codec {self.codec.name!r}")
+            raise SlcInputError(f"expected a token-level file (codec topk-vq) for sparse labels, got codec {self.codec.name!r}")
         return self.codec
 
-    def sparse(self, start: int = 0, stop: int | None = None) -> SparseLabels:
-        """Token labels ``[start, stop)`` as stored: top-k word indices, their log-probabilities, the tail."""
+    def iter_sparse(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, SparseLabels]]:
+        """Yield ``(first_token, labels)`` chunk by chunk over tokens ``[start, stop)``: bounded memory."""
         codec = self.sparse_codec
         stop = self.header.samples if stop is None else stop
         self.check_range(start, stop)
-        parts = []
         for c in iter_entries(self.index, 0, start, stop):
-            a, b = max(start, c.start), min(stop, c.start + c.count)
+            a, b = max(start, c.start) - c.start, min(stop, c.start + c.count) - c.start
             s = codec.decode_sparse(self.chunk_payload(c), c.count)
-            parts.append(SparseLabels(s.indices[a - c.start:b - c.start], s.logp[a - c.start:b - c.start],
-                                      s.tail[a - c.start:b - c.start]))
+            yield c.start + a, SparseLabels(s.indices[a:b], s.logp[a:b], s.tail[a:b])
+
+    def sparse(self, start: int = 0, stop: int | None = None) -> SparseLabels:
+        """Token labels ``[start, stop)`` as stored: top-k word indices, their log-probabilities, the tail."""
+        parts = [s for _, s in self.iter_sparse(start, stop)]
         if len(parts) == 1:
             return parts[0]
-        return SparseLabels(np.concatenate([p.indices for p in parts]) if parts else np.zeros((0, codec.k), np.int64),
-                            np.concatenate([p.logp for p in parts]) if parts else np.zeros((0, codec.k), np.float32),
+        k = self.sparse_codec.k
+        return SparseLabels(np.concatenate([p.indices for p in parts]) if parts else np.zeros((0, k), np.int64),
+                            np.concatenate([p.logp for p in parts]) if parts else np.zeros((0, k), np.float32),
                             np.concatenate([p.tail for p in parts]) if parts else np.zeros(0, np.float32))
 
     @property

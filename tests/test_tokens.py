@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,6 +15,7 @@ from slc.errors import SlcFormatError, SlcInputError
 from slc.sparse import select_topk
 from tests.conftest import run_slc
 
+GOLDEN = Path(__file__).parent / "golden"
 FAST = {"steps": 60}  # VQAE fit steps: enough to decode sensibly, quick in CI
 
 
@@ -225,16 +227,14 @@ def test_inspect_reports_bytes_per_token(token_file):
 def test_sparse_api_refuses_a_vision_file(tmp_path, logits_npy):
     slc.compress(str(logits_npy), tmp_path / "v.slc", codec="topk", k=3)
     with slc.open_slc(tmp_path / "v.slc") as f:
-        with pytest.raises(TypeError, match="expected a token-level file"):
+        with pytest.raises(SlcInputError, match="expected a token-level file"):
             f.sparse(0, 4)
         assert f.sequences == 1 and f.token_ids() is None
 
 
 def test_golden_v1_3_token_files_keep_reading_the_same():
     """Pinned bytes of format 1.3 (tests/golden/make_golden.py v1.3)."""
-    from pathlib import Path
-
-    golden = Path(__file__).parent / "golden"
+    golden = GOLDEN
     expected = np.load(golden / "v1.3-expected.npz")
     for name in ("topk-vq", "topk-vq-bf16"):
         with slc.open_slc(golden / f"v1.3-{name}.slc") as f:
@@ -259,3 +259,28 @@ def test_corrupt_token_sections_are_format_errors(tmp_path):
         parse_seq(np.zeros(12, "<u8").tobytes(), 10)
     with pytest.raises(SlcFormatError, match="token ids < 300"):
         parse_ids(np.array([1, 300], "<u4").tobytes(), 2, 300)
+
+
+def test_decode_sparse_to_npy_stdout_and_hdf5(tmp_path, token_file):
+    import io
+
+    out, _, _, _ = token_file
+    with slc.open_slc(out) as f:
+        s = f.sparse(90, 400)
+    p = run_slc("decode", out, "--sparse", "--start", 90, "--stop", 400, "-o", "-", check=True)
+    rec = np.load(io.BytesIO(p.stdout))
+    assert rec.shape == (310,)
+    np.testing.assert_array_equal(rec["indices"], s.indices)
+    np.testing.assert_array_equal(rec["logp"], s.logp)
+    np.testing.assert_array_equal(rec["tail"], s.tail)
+    run_slc("decode", out, "--sparse", "--start", 90, "--stop", 400, "-o", tmp_path / "s.h5", check=True)
+    with h5py.File(tmp_path / "s.h5") as h:
+        np.testing.assert_array_equal(h["indices"][:], s.indices)
+        np.testing.assert_array_equal(h["offsets"][:], [0, 10, 260, 310])  # sequences cut to the range
+        assert h.attrs["vocab"] == 3000
+    q = run_slc("decode", out, "--sparse", "-T", "2", "-o", tmp_path / "t.npy")
+    assert q.returncode == 1 and last_line(q).startswith("Error: expected no --temperature")
+    q = run_slc("decode", GOLDEN / "v1.0-topk.slc", "--sparse", "-o", tmp_path / "t.npy")
+    assert q.returncode == 1 and last_line(q) == ("Error: expected a token-level file (codec topk-vq) for sparse "
+                                                  "labels, got codec 'topk'")
+    assert not (tmp_path / "t.npy").exists()
