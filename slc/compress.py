@@ -395,7 +395,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 if head is not None:
                     lp = head[got:got + len(block)]
                     lp[:] = to_logp(block, kind, temperature)
-                    block = None  # type: ignore[assignment]
+                    if not token_level:  # token codecs select from the raw block (same bytes as a file input)
+                        block = None  # type: ignore[assignment]
                 first.append((e, s, block, lp))
                 got += len(first[-1][3] if lp is not None else block)
                 if got >= want:
@@ -448,15 +449,21 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
         if zstd:
             import zstandard
 
-            compressor = zstandard.ZstdCompressor(level=19)
+            compressor = zstandard.ZstdCompressor(level=enc.zstd_level)
         rest = ((e, s, block, None) for e, s, block in blocks)
         encode_seconds = 0.0
         w.min_minor = enc.since_minor
         for i, (e, s, block, lp) in enumerate(itertools.chain(first, rest), start=done):
             if (e, s) != (i // per_epoch, i % per_epoch * chunk_size):  # a source must tile in order
                 raise SlcInputError(f"expected block {i} at epoch {i // per_epoch}, got epoch {e} sample {s}")
-            if lp is None and not isinstance(block, SparseLabels):
-                check_block(block, kind, e * n + s, token_level)
+            if isinstance(block, SparseLabels):
+                pass
+            elif token_level:  # top k straight from the teacher's output: no dense log-softmax written
+                if lp is None:
+                    check_block(block, kind, e * n + s, token_level)
+                block, lp = enc.select(block, kind, temperature), None  # type: ignore[attr-defined]
+            elif lp is None:
+                check_block(block, kind, e * n + s)
                 lp = to_logp(block, kind, temperature)
             count = len(block if lp is None else lp)
             t_enc = time.perf_counter()

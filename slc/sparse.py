@@ -35,21 +35,28 @@ EXACT_TAIL_BELOW = 1e-3  # tail masses below this are summed exactly instead of 
 
 
 @torch.no_grad()
-def select_topk(logp: np.ndarray | torch.Tensor, k: int) -> SparseLabels:
-    """The k most probable words of each row of ``logp`` (log-probabilities, (n, V)) and the tail mass.
+def select_topk(logp: np.ndarray | torch.Tensor, k: int, normalised: bool = True) -> SparseLabels:
+    """The k most probable words of each row and the tail mass.
 
-    The tail is ``1 - sum(top k)`` in float64, which is exact enough unless the top k hold nearly
-    all the mass; those rows get the exact log-sum-exp of the other words.
+    ``logp``: (n, V) log-probabilities, or any logits with ``normalised=False`` (the log-sum-exp is
+    then taken here, which saves writing a log-softmax of the whole block). The tail is
+    ``1 - sum(top k)`` in float64, exact enough unless the top k hold nearly all the mass; those
+    rows get the exact log-sum-exp of the other words.
     """
     x = torch.as_tensor(logp, dtype=torch.float32)
     if not 1 <= k <= x.shape[1]:
         raise ValueError(f"expected 1 <= k <= V ({x.shape[1]}), got k={k}")
     vals, idx = torch.topk(x, k, dim=1, largest=True, sorted=True)
+    lse = None
+    if not normalised:
+        lse = x.logsumexp(1, keepdim=True)
+        vals = vals - lse
     rest = 1.0 - vals.double().exp().sum(1)
     tail = torch.log(rest.clamp_min(0)).float()
     small = torch.nonzero(rest < EXACT_TAIL_BELOW).reshape(-1)
     if len(small) and k < x.shape[1]:
-        tail[small] = x[small].scatter(1, idx[small], float("-inf")).logsumexp(1)
+        exact = x[small].scatter(1, idx[small], float("-inf")).logsumexp(1)
+        tail[small] = exact if lse is None else exact - lse[small, 0]
     elif k == x.shape[1]:
         tail.fill_(float("-inf"))
     return SparseLabels(idx.numpy(), vals.numpy(), tail.numpy())

@@ -90,6 +90,7 @@ class Codec(ABC):
 
     needs_fit: ClassVar[bool] = False  # whether :meth:`fit` needs a sample of labels
     default_zstd: ClassVar[bool] = False  # whether chunks are zstd-coded unless the user says
+    zstd_level: ClassVar[int] = 19
     token_level: ClassVar[bool] = False  # takes sparse input and -inf logits (LM vocabularies)
 
     @classmethod
