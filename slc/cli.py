@@ -625,19 +625,25 @@ def main() -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--size", type=int, help="With --student: student input size.")
+@click.option("--tokens", is_flag=True, help="LABELS are token-level LM labels (tokens, V): bench topk-vq at several "
+              "budgets against top-k in bf16 with int32 indices at the same bytes.")
+@click.option("--rows", help="With --tokens: ';'-separated topk-vq options per row [default: "
+              "k=8;k=16;k=32;k=64;k=128;k=20,values=bf16;k=20,values=bf16,tail=uniform].")
 @click.option("--force", is_flag=True, help="Overwrite --plot/--json/--markdown outputs and reuse --keep.")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_labels, seed, plot_path, json_path,
-          md_path, keep_dir, student_images, teacher, heldout, val, arch, epochs, batch_size, lr, size, force, quiet):
+          md_path, keep_dir, student_images, teacher, heldout, val, arch, epochs, batch_size, lr, size, tokens, rows,
+          force, quiet):
     """Every codec at every ratio on your labels: bytes, held-out KL, agreement, speed.
 
     LABELS is an .npy, an HDF5 dataset FILE.h5:/path, or an .slc (e.g. dense fp16 from `slc encode`).
     A codec or ratio that cannot be used is reported in its row; the others go on.
 
     \b
-    Example:
+    Examples:
         slc bench labels-fp16.slc --ratios 10,40,100 -T 1 -T 4 --plot rd.png
+        slc bench lm_logp.npy --tokens --rows "k=16;k=64;k=20,values=bf16" --plot tokens.png
     """
     from .bench import DEFAULT_CODECS, BenchConfig, columns, header, markdown, plot, run_bench, train_students
     from .errors import SlcInputError
@@ -646,6 +652,13 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
     for path in (plot_path, md_path, None if json_path == "-" else json_path):
         if path:
             preflight(path, force, False)
+    if tokens:
+        if codecs or student_images or temperatures:
+            raise SlcInputError("expected --rows (not --codecs, --student or -T) with --tokens")
+        return bench_tokens(labels, rows, holdout, source, fit_steps, fit_labels, seed, keep_dir, plot_path, json_path,
+                            md_path, force, quiet)
+    if rows:
+        raise SlcInputError("expected --rows only with --tokens")
     if student_images and not (teacher and heldout or val):
         raise SlcInputError("expected --teacher with --heldout, or --val, to score the students; got neither")
     cfg = BenchConfig(codecs=tuple(codecs.split(",")) if codecs else DEFAULT_CODECS,
@@ -695,22 +708,59 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
             con.print(f"{r['codec']} {r['target']:g}x: {r['error']}")
     for r in result["refused"]:
         con.print(f"refused: {r['error']}")
-    if plot_path:
-        plot(result, plot_path, force)
-    if md_path:
-        from .atomic import atomic_output
+    write_results(result, plot_path and (lambda: plot(result, plot_path, force)), md_path,
+                  md_path and markdown(result, students), json_path, force)
 
+
+def write_results(result: dict, plot, md_path: str | None, md_text: str | None, json_path: str | None,
+                  force: bool) -> None:
+    """The PNG, markdown and JSON outputs of a bench (``-`` for JSON on stdout)."""
+    from .atomic import atomic_output
+
+    if plot:
+        plot()
+    if md_path:
         with atomic_output(md_path, force) as f:
-            f.write(markdown(result, students).encode())
+            f.write(md_text.encode())
     if json_path:
         text = json.dumps(result, indent=2, default=str)
         if json_path == "-":
             click.echo(text)
         else:
-            from .atomic import atomic_output
-
             with atomic_output(json_path, force) as f:
                 f.write(text.encode())
+
+
+def bench_tokens(labels, rows, holdout, source, fit_steps, fit_labels, seed, keep_dir, plot_path, json_path, md_path,
+                 force, quiet) -> None:
+    from rich.table import Table
+
+    from .errors import SlcInputError
+    from .token_bench import DEFAULT_ROWS, HEADER, LEGEND, run_token_bench, token_columns, token_markdown, token_plot
+
+    if keep_dir:
+        if os.path.isdir(keep_dir) and os.listdir(keep_dir) and not force:
+            raise SlcInputError(f"expected a new or empty folder for --keep, got {keep_dir} with files in it "
+                                "(pass --force)")
+        os.makedirs(keep_dir, exist_ok=True)
+    rep = Reporter(quiet)
+    try:
+        result = run_token_bench(labels, tuple(filter(None, rows.split(";"))) if rows else DEFAULT_ROWS,
+                                 holdout=holdout, source=source or "auto", seed=seed, fit_steps=fit_steps,
+                                 fit_labels=fit_labels, workdir=keep_dir, log=rep.log)
+    finally:
+        rep.close()
+    t = Table(title=f"slc bench --tokens: {labels} ({result['tokens']:,} tokens x {result['vocab']:,} words); "
+                    f"held-out tokens {result['holdout_start']:,}..{result['tokens'] - 1:,}")
+    for i, col in enumerate(HEADER):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for r in [result["reference"], *result["rows"]]:
+        t.add_row(*token_columns(r))
+    con = console(wide=True)
+    con.print(t)
+    con.print(LEGEND)
+    write_results(result, plot_path and (lambda: token_plot(result, plot_path, force)), md_path,
+                  md_path and token_markdown(result), json_path, force)
 
 
 # --------------------------------------------------------------------------- demo
