@@ -284,3 +284,23 @@ def test_decode_sparse_to_npy_stdout_and_hdf5(tmp_path, token_file):
     assert q.returncode == 1 and last_line(q) == ("Error: expected a token-level file (codec topk-vq) for sparse "
                                                   "labels, got codec 'topk'")
     assert not (tmp_path / "t.npy").exists()
+
+
+def test_bench_tokens_rows_and_outputs(tmp_path):
+    np.save(tmp_path / "l.npy", lm_logits(500, 1000))
+    p = run_slc("bench", tmp_path / "l.npy", "--tokens", "--rows", "k=8,m=2,steps=40;k=8,values=bf16;k=5000",
+                "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md", "--plot", tmp_path / "b.png", check=True)
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["tokens"] == 500 and result["holdout_start"] == 400
+    ref, vq, bf, bad = result["reference"], *result["rows"]
+    assert ref["bytes_per_token"] == 120 and ref["recall"] == 1.0
+    for r in (vq, bf):
+        assert r["bytes_per_token"] == pytest.approx(r["bytes"] / 500)
+        assert r["same_bytes_k"] == int(r["bytes_per_token"] // 6)
+        assert r["ratio_vs_topk_bf16_int32"] == pytest.approx(48 / r["bytes_per_token"])
+        assert 0 < r["kl"] < 5 and r["recall"] == pytest.approx(8 / 20)  # exact indices: all 8 of the top 20
+    assert vq["bytes"] < bf["bytes"]  # 2 one-byte codes per token instead of 8 bf16 values
+    assert "k <= 4096" in bad["error"]
+    assert "| top-20 bf16 + int32 indices" in (tmp_path / "b.md").read_text()
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "KL(teacher || decoded) over the whole" in " ".join(p.stdout.decode().split())
