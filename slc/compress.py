@@ -46,6 +46,7 @@ class CompressResult:
     fit: dict
     codec: str = ""
     encode_seconds: float = 0.0  # in the codec's encode, over every label written (fit excluded)
+    labels: int = 0
 
     @property
     def ratio(self) -> float:
@@ -484,4 +485,4 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
         target.commit(force)
     return CompressResult(out, size, dense_in, plan, kind,
                           {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
-                          encode_seconds)
+                          encode_seconds, e_count * n)
