@@ -304,3 +304,24 @@ def test_bench_tokens_rows_and_outputs(tmp_path):
     assert "| top-20 bf16 + int32 indices" in (tmp_path / "b.md").read_text()
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "KL(teacher || decoded) over the whole" in " ".join(p.stdout.decode().split())
+
+
+def test_token_dataset_pads_sequences_and_refuses_another_vocabulary(token_file):
+    from torch.utils.data import DataLoader
+
+    from slc.token_dataset import TokenLabelDataset, collate_tokens
+
+    out, _, seq, ids = token_file
+    ds = TokenLabelDataset(out, vocab=3000, max_len=200)
+    assert len(ds) == 3 and ds.tail == "prior" and ds.prior_logp.shape == (3000,)
+    with slc.open_slc(out) as f:
+        s = f.sparse(100, 300)
+    item = ds[1]
+    np.testing.assert_array_equal(item["indices"].numpy(), s.indices)
+    np.testing.assert_array_equal(item["ids"].numpy(), ids[100:300])
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_tokens, num_workers=1)))
+    assert batch["mask"].sum(1).tolist() == [100, 200, 200] and batch["ids"].shape == (3, 200)
+    assert torch.isneginf(batch["logp"][0, 100:]).all() and (batch["tail"][0, 100:] == 0).all()
+    with pytest.raises(SlcInputError, match="vocabulary mismatch: expected a student over the file's 3,000 words, "
+                                            "got 50,257"):
+        TokenLabelDataset(out, vocab=50257)
