@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .atomic import atomic_output, check_output, fsync_folder
+from .atomic import atomic_output, check_output, fsync_folder, signals_deferred
 from .augment import BOX_DTYPE, Recipe, render
 from .dataset import BatchPoolSampler, EpochSampler, SoftLabelDataset, resize_view
 from .errors import SlcInputError
@@ -301,10 +301,11 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
             rows.append(row)
             # short epochs would spend their time writing checkpoints: at most one per checkpoint_every seconds
             if epoch + 1 < epochs and time.perf_counter() - last_save >= cfg.checkpoint_every:
-                save_checkpoint(state_path, identity=identity, epoch=epoch, rows=rows,
-                                seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
-                                device=device)
-                saved, last_save = epoch + 1, time.perf_counter()
+                with signals_deferred():  # a SIGTERM right after the rename must not report "no checkpoint"
+                    save_checkpoint(state_path, identity=identity, epoch=epoch, rows=rows,
+                                    seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
+                                    device=device)
+                    saved, last_save = epoch + 1, time.perf_counter()
             log(json.dumps(row))
         result: dict = {"config": asdict(cfg), "temperature": T, "epochs": epochs, "labels": os.fspath(labels),
                         "train_seconds": before + time.perf_counter() - t_start,
