@@ -102,7 +102,8 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
     plan.dense_fp16 = full
     if extra:
         plan.bytes += extra
-        plan.why.append(f"replay sections {extra:,} bytes; file {plan.bytes:,} bytes = {plan.ratio:.1f}x")
+        plan.why.append(f"other sections (replay, tokens) {extra:,} bytes; file {plan.bytes:,} bytes = "
+                        f"{plan.ratio:.1f}x")
     return plan
 
 
@@ -225,7 +226,7 @@ def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_
 
 @dataclass
 class Extras:
-    """Optional sections a caller adds around the labels (``encode`` adds the replay sections)."""
+    """Optional sections a caller adds around the labels (``encode`` adds the replay sections, token files theirs)."""
 
     before: dict[str, bytes] = field(default_factory=dict)  # written before the chunks
     required: dict[str, bytes] = field(default_factory=dict)  # likewise, flagged REQUIRED (epochs.map)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .labels import as_tensor
+
 TAILS = ("uniform", "prior")
 
 
@@ -43,7 +45,7 @@ def select_topk(logp: np.ndarray | torch.Tensor, k: int, normalised: bool = True
     ``1 - sum(top k)`` in float64, exact enough unless the top k hold nearly all the mass; those
     rows get the exact log-sum-exp of the other words.
     """
-    x = torch.as_tensor(logp, dtype=torch.float32)
+    x = logp.float() if isinstance(logp, torch.Tensor) else as_tensor(logp)
     if not 1 <= k <= x.shape[1]:
         raise ValueError(f"expected 1 <= k <= V ({x.shape[1]}), got k={k}")
     vals, idx = torch.topk(x, k, dim=1, largest=True, sorted=True)
@@ -144,8 +146,7 @@ def expand(s: SparseLabels, vocab: int, tail: str = "uniform", prior_logp: np.nd
 @torch.no_grad()
 def kl_rows(p_logp: np.ndarray, q_logp: np.ndarray) -> np.ndarray:
     """KL(p || q) per row for dense log-probabilities (0 log 0 = 0)."""
-    p = torch.as_tensor(p_logp, dtype=torch.float32)
-    q = torch.as_tensor(q_logp, dtype=torch.float32)
+    p, q = as_tensor(p_logp), as_tensor(q_logp)
     pe = p.exp()
     terms = torch.where(pe > 0, pe * (p - q), torch.zeros(()))
     return terms.sum(1).numpy()
