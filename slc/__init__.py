@@ -1,5 +1,5 @@
 """slc: soft-label compression for dataset distillation and offline knowledge distillation."""
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 
 from .errors import SlcError, SlcFormatError, SlcInputError  # noqa: E402
 from .reader import SlcFile, open_slc  # noqa: E402
@@ -7,7 +7,10 @@ from .compress import compress  # noqa: E402
 from .sources import open_labels  # noqa: E402
 from .dataset import EpochSampler, SoftLabelDataset  # noqa: E402
 from .encode import encode  # noqa: E402
+from .encode_lm import encode_lm  # noqa: E402
+from .sparse import SparseLabels  # noqa: E402
+from .token_dataset import TokenLabelDataset, collate_tokens  # noqa: E402
 
 __all__ = ["SlcError", "SlcFormatError", "SlcInputError", "SlcFile", "open_slc", "compress", "encode", "open_labels",
-           "SoftLabelDataset", "EpochSampler",
+           "SoftLabelDataset", "EpochSampler", "encode_lm", "SparseLabels", "TokenLabelDataset", "collate_tokens",
            "__version__"]
