@@ -10,7 +10,8 @@ from .encode import encode  # noqa: E402
 from .encode_lm import encode_lm  # noqa: E402
 from .sparse import SparseLabels  # noqa: E402
 from .token_dataset import TokenLabelDataset, collate_tokens  # noqa: E402
+from .distill import kd_loss  # noqa: E402
 
 __all__ = ["SlcError", "SlcFormatError", "SlcInputError", "SlcFile", "open_slc", "compress", "encode", "open_labels",
-           "SoftLabelDataset", "EpochSampler", "encode_lm", "SparseLabels", "TokenLabelDataset", "collate_tokens",
+           "SoftLabelDataset", "EpochSampler", "encode_lm", "SparseLabels", "TokenLabelDataset", "collate_tokens", "kd_loss",
            "__version__"]
