@@ -163,7 +163,7 @@ def fit_sample(src: LabelSource, source: Source, temperature: float, labels: int
     for block in sample_blocks(src, source, temperature, labels, seed, fit_samples):
         out[at:at + len(block)] = block
         at += len(block)
-    return out
+    return out[:at]  # fewer than asked when the runs of 256 cannot cover it
 
 
 def needs_fit(codec: str) -> bool:
@@ -354,7 +354,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                "k": k, "dc": dc, "dh": dh, "chunk_size": chunk_size, "zstd": zstd, "tensor_dtype": tensor_dtype,
                "fit_labels": fit_labels, "fit_steps": fit_steps, "seed": seed, "shape": list(src.shape),
                "options": options or {}, "prune": prune, "fit_samples": fit_samples,
-               "user": user or {}, "tokens": tokens_digest(extras), **(extras.request or (input_identity(src) if resume else {}))}
+               "user": user or {}, "tokens": tokens_digest(extras),
+               **(extras.request or (input_identity(src) if resume else {}))}
     target = ResumableOutput(out, request, force=force, resume=resume, log=log)
     per_epoch = -(-n // chunk_size)
 
@@ -390,7 +391,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 raise SlcInputError(f"expected --codec topk-vq for sparse (indices, values) input, got {codec!r}")
             for e, s, block in blocks:
                 if not first:
-                    kind = "logits" if sparse else detect_source(block) if source == "auto" else source  # type: ignore[assignment]
+                    kind = ("logits" if sparse else detect_source(block)  # type: ignore[assignment]
+                            if source == "auto" else source)
                 if not sparse:
                     check_block(block, kind, e * n + s, token_level)
                 lp = None

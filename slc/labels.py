@@ -30,10 +30,12 @@ def check_block(block: np.ndarray, source: Source, row0: int = 0, neg_inf: bool 
         bad = ~finite & ~np.isneginf(block) if neg_inf and source == "logits" else ~finite
         if bad.any():
             r = int(np.argwhere(bad)[0][0])
-            raise SlcInputError(f"expected finite labels{' or -inf' if neg_inf else ''}, got NaN or inf in row {row0 + r}")
+            what = "finite labels or -inf" if neg_inf else "finite labels"
+            raise SlcInputError(f"expected {what}, got NaN or inf in row {row0 + r}")
         empty = ~finite.any(1)
         if empty.any():
-            raise SlcInputError(f"expected at least one finite logit per label, got an all -inf row {row0 + int(np.argmax(empty))}")
+            raise SlcInputError(f"expected at least one finite logit per label, got an all -inf row "
+                                f"{row0 + int(np.argmax(empty))}")
     if source == "probs":
         if (block < 0).any():
             r = int(np.argwhere(block < 0)[0][0])

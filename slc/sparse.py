@@ -80,14 +80,16 @@ def sparse_rows(values: np.ndarray, indices: np.ndarray, vocab: int, row0: int =
     v = np.asarray(values, np.float64)
     idx = np.asarray(indices, np.int64)
     if np.isnan(v).any() or np.isposinf(v).any():
-        raise SlcInputError(f"expected finite values or -inf, got NaN or +inf in row {row0 + int(np.argwhere(np.isnan(v) | np.isposinf(v))[0][0])}")
+        r = row0 + int(np.argwhere(np.isnan(v) | np.isposinf(v))[0][0])
+        raise SlcInputError(f"expected finite values or -inf, got NaN or +inf in row {r}")
     if idx.size and (idx.min() < 0 or idx.max() >= vocab):
         bad = int(idx.max() if idx.max() >= vocab else idx.min())
         raise SlcInputError(f"expected word indices in [0, {vocab}), got {bad} (vocabulary mismatch? pass --vocab)")
     srt = np.sort(idx, axis=1)
     dup = (srt[:, 1:] == srt[:, :-1]).any(1)
     if dup.any():
-        raise SlcInputError(f"expected distinct word indices per token, got a repeated index in row {row0 + int(np.argmax(dup))}")
+        raise SlcInputError(f"expected distinct word indices per token, got a repeated index in row "
+                            f"{row0 + int(np.argmax(dup))}")
     probs = v.size == 0 or v.min() >= 0
     logp = np.log(np.clip(v, 0, None)) if probs else v
     with np.errstate(over="ignore"):
@@ -99,7 +101,8 @@ def sparse_rows(values: np.ndarray, indices: np.ndarray, vocab: int, row0: int =
                             f"most 1), got {total[r]:.4g} in row {row0 + r}; log-softmax the full logits first")
     empty = ~np.isfinite(logp).any(1) if logp.shape[1] else np.ones(len(logp), bool)
     if empty.any():
-        raise SlcInputError(f"expected at least one finite value per token, got an all -inf row {row0 + int(np.argmax(empty))}")
+        raise SlcInputError(f"expected at least one finite value per token, got an all -inf row "
+                            f"{row0 + int(np.argmax(empty))}")
     order = np.argsort(-logp, axis=1, kind="stable")
     logp, idx = np.take_along_axis(logp, order, 1), np.take_along_axis(idx, order, 1)
     with np.errstate(divide="ignore"):
