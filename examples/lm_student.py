@@ -286,8 +286,10 @@ def teacher_pass(data: Data, teacher: TeacherRows, k: int, block: int = 512) -> 
 
 
 def markdown(title: str, cols: list[str], body: list[list[str]], notes: list[str]) -> str:
-    out = [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(r) + " |" for r in body]
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [f"## {title}", "", row(cols), "|" + "---|" * len(cols)] + [row(r) for r in body]
     return "\n".join(out + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
