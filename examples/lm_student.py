@@ -185,7 +185,8 @@ def slc_source(path: str, train: np.ndarray, V: int) -> Source:
     name = f"{Path(path).name} ({getattr(codec, 'name', '?')} k={s.k}, {tail} tail)"
     note = f"{name}: {os.path.getsize(path):,} bytes for {samples:,} tokens, dense-mode KD with the file's tail"
     if samples > s1:
-        note += "; the file also holds the held-out tokens, so its fitted codec (prior, values) saw them"
+        note += ("; the file also holds the held-out tokens: fit its codec on the training tokens only "
+                 "(`slc bench --tokens --keep DIR` files are fitted on the first 80%)")
     return Source(name, "sparse", lambda rows: take(s, rows - s0), "dense", prior,
                   os.path.getsize(path) / samples, note)
 
