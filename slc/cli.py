@@ -723,10 +723,7 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
         scratch = tempfile.TemporaryDirectory(prefix="slc-bench-")
         keep = scratch.name
     if keep:
-        if os.path.isdir(keep) and os.listdir(keep) and not force:
-            raise SlcInputError(f"expected a new or empty folder for --keep, got {keep} with files in it "
-                                "(pass --force)")
-        os.makedirs(keep, exist_ok=True)
+        keep_folder(keep, force)
     try:
         result = run_bench(labels, cfg, workdir=keep, log=rep.log)
         students = bool(student_images)
@@ -782,18 +779,23 @@ def write_results(result: dict, plot, md_path: str | None, md_text: str | None, 
                 f.write(text.encode())
 
 
+def keep_folder(path: str, force: bool) -> None:
+    """A new or empty folder for ``--keep`` (a full one only with ``--force``)."""
+    from .errors import SlcInputError
+
+    if os.path.isdir(path) and os.listdir(path) and not force:
+        raise SlcInputError(f"expected a new or empty folder for --keep, got {path} with files in it (pass --force)")
+    os.makedirs(path, exist_ok=True)
+
+
 def bench_tokens(labels, rows, holdout, source, fit_steps, fit_labels, seed, keep_dir, plot_path, json_path, md_path,
                  force, quiet) -> None:
     from rich.table import Table
 
-    from .errors import SlcInputError
     from .token_bench import DEFAULT_ROWS, HEADER, LEGEND, run_token_bench, token_columns, token_markdown, token_plot
 
     if keep_dir:
-        if os.path.isdir(keep_dir) and os.listdir(keep_dir) and not force:
-            raise SlcInputError(f"expected a new or empty folder for --keep, got {keep_dir} with files in it "
-                                "(pass --force)")
-        os.makedirs(keep_dir, exist_ok=True)
+        keep_folder(keep_dir, force)
     rep = Reporter(quiet)
     try:
         result = run_token_bench(labels, tuple(filter(None, rows.split(";"))) if rows else DEFAULT_ROWS,

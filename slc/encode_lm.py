@@ -16,7 +16,7 @@ import numpy as np
 from .compress import CompressResult, Extras, compress
 from .errors import SlcInputError
 from .header import MAX_CHUNK_ELEMENTS
-from .lm_teacher import LMTeacher, iter_logp, load_lm_teacher
+from .lm_teacher import LMTeacher, iter_logp, load_lm_teacher, sequence_offsets
 from .resume import preflight
 from .sources import LabelSource
 from .tokens import default_chunk_size
@@ -73,7 +73,7 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
     if not isinstance(teacher, LMTeacher):
         teacher = load_lm_teacher(os.fspath(teacher), allow_pickle=allow_pickle, device=device, log=log)
     sequences = teacher.read(os.fspath(text), vocab_file=vocab_file, seq_len=seq_len)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    offsets = sequence_offsets(sequences)
     ids = np.concatenate(sequences)
     src = LMSource(teacher, sequences, on_tokens)
     n, vocab = src.shape[1], src.shape[2]
