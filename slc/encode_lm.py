@@ -37,8 +37,10 @@ class LMSource(LabelSource):
         self.on_tokens = (lambda n: on_tokens(n, self.shape[1])) if on_tokens else None
 
     def blocks(self, rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
-        # temperature 1 here: compress applies the file's temperature (log_softmax(logp / T) = log_softmax(z / T))
-        for start, block in iter_logp(self.teacher, self.sequences, batch_tokens=rows, start_token=first * rows,
+        # temperature 1 here: compress applies the file's temperature (log_softmax(logp / T) = log_softmax(z / T));
+        # a resume after the last chunk was journaled asks for first * rows >= the token count: nothing is left
+        for start, block in iter_logp(self.teacher, self.sequences, batch_tokens=rows,
+                                      start_token=min(first * rows, self.shape[1]),
                                       progress=self.on_tokens):
             yield 0, start, block
 

@@ -33,7 +33,7 @@ def run_slc(*args, stdin=None, check=False) -> subprocess.CompletedProcess:
 
 
 def kill_until_done(args, out, whole: bytes, rng: np.random.Generator, duration: float,
-                    max_chunks: int = 12, tries: int = 60) -> list[int]:
+                    max_chunks: int = 12, tries: int = 60, restarts: int = 5) -> list[int]:
     """Run ``slc *args -o out --resume`` and SIGKILL it at a random point, again and again, until a run finishes.
 
     Half of the kills come after a random delay in [0, ``duration``) (imports, setup, the codec fit,
@@ -41,6 +41,10 @@ def kill_until_done(args, out, whole: bytes, rng: np.random.Generator, duration:
     and a left ``out.partial`` never validates unless it is already the whole file (a kill between
     the last write and the rename). The finished file must equal ``whole``. Returns, for each
     kill, the chunks journaled when it struck (-1: before the setup was durable).
+
+    A run that finishes before any kill (a fast machine, or a draw past the end) proves nothing: the
+    output is removed and the loop starts over, up to ``restarts`` times, with delays drawn within
+    the time that run took, so at least one kill strikes.
     """
     from slc import SlcFormatError, open_slc
 
@@ -67,7 +71,13 @@ def kill_until_done(args, out, whole: bytes, rng: np.random.Generator, duration:
         if out.exists():  # finished, or killed after the rename (the journal may then be left behind)
             assert out.read_bytes() == whole
             assert p.returncode != 0 or not (partial.exists() or journal.exists())
-            return kills
+            if kills or restarts == 0:
+                return kills
+            restarts -= 1
+            duration = time.monotonic() - t0
+            out.unlink()
+            journal.unlink(missing_ok=True)
+            continue
         if partial.exists() and partial.read_bytes() != whole:
             try:
                 with open_slc(partial) as f:

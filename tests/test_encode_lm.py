@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import slc
+from slc.encode_lm import encode_lm
 from slc.sparse import select_topk
 from tests.conftest import kill_until_done, run_slc
 from tests.test_lm_teacher import V, WORDS, TinyLM
@@ -74,3 +75,26 @@ def test_encode_lm_bad_input_is_one_line(lm_setup, tmp_path):
                 "-o", tmp_path / "z.slc")
     assert p.returncode == 1 and "k < V (500)" in p.stderr.decode().strip().splitlines()[-1]
     assert not (tmp_path / "y.slc").exists() and not (tmp_path / "z.slc").exists()
+
+
+def test_encode_lm_resumes_when_every_chunk_was_already_written(lm_setup, tmp_path):
+    """A kill after the last chunk reached the journal, before the rename: the resume only finishes the file."""
+    d, _, seqs = lm_setup
+    kw = dict(vocab_file=str(d / "vocab.txt"), options={"k": 8, "values": "bf16"}, chunk_size=8)
+    whole = encode_lm(d / "lm.pt", d / "text.txt", tmp_path / "whole.slc", **kw)
+    total = sum(map(len, seqs))
+    assert total % 8 and whole.labels == total  # the last chunk is short: first * rows overshoots the text
+
+    seen = []
+
+    def stop_at_the_end(count, *_):  # called after each chunk is written and journaled
+        seen.append(count)
+        if sum(seen) == total:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "k.slc"
+    with pytest.raises(KeyboardInterrupt):
+        encode_lm(d / "lm.pt", d / "text.txt", out, progress=stop_at_the_end, **kw)
+    assert not out.exists() and (tmp_path / "k.slc.journal").exists()
+    encode_lm(d / "lm.pt", d / "text.txt", out, resume=True, **kw)
+    assert out.read_bytes() == (tmp_path / "whole.slc").read_bytes()
