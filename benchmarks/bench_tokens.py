@@ -4,8 +4,8 @@
 Speed does not depend on what the distributions mean, so the logits are Zipf-shaped synthetic
 ones (quality claims use the real trigram labels: benchmarks/lm_tokens.py). Each figure is the
 median of ``--repeats`` runs over the same block, next to two baselines measured in the same run:
-one read pass over the logits (``amax``: the memory-bandwidth floor of anything that reads them)
-and ``torch.topk`` alone.
+one read pass over the logits (``amax``: the memory-bandwidth floor of anything that reads them),
+``torch.topk`` alone, and the selection done the plain way (``torch.topk`` + ``logsumexp``).
 
     python benchmarks/bench_tokens.py [--vocab 50257] [--tokens 8192] [--k 64] [--threads 2]
 """
@@ -83,8 +83,12 @@ def main() -> None:
     t = torch.from_numpy(logits)
     rows = [
         ("one read pass (amax): the floor", rate(lambda: t.amax(1), n, a.repeats)),
-        ("exp of every logit (an exact normaliser needs it)", rate(lambda: torch.exp(t), n, a.repeats)),
+        ("torch.exp of the whole block (writes n x V floats)", rate(lambda: torch.exp(t), n, a.repeats)),
         (f"torch.topk k={a.k} alone", rate(lambda: torch.topk(t, a.k, 1), n, a.repeats)),
+        ("select from logits, plain torch (topk + logsumexp; slc 0.4.0)",
+         rate(lambda: [(torch.topk(t[c], a.k, 1), t[c].logsumexp(1)) for c in chunks], n, a.repeats)),
+        ("select from logits, slc (block top k + exp2 normaliser in cache)",
+         rate(lambda: [select_topk(t[c], a.k, normalised=False) for c in chunks], n, a.repeats)),
         ("compress from logits (top k + log-sum-exp + encode + zstd)", rate(lambda: encode(logits, True), n, a.repeats)),
         ("compress from log-probs (top k + encode + zstd)", rate(lambda: encode(logp, False), n, a.repeats)),
         ("decode to sparse (zstd + ranks + VQAE)", rate(decode, n, a.repeats)),

@@ -12,7 +12,7 @@ import torch
 import slc
 from slc.codecs.topkvq import index_bytes, plane_ranks, rank_planes
 from slc.errors import SlcFormatError, SlcInputError
-from slc.sparse import select_topk
+from slc.sparse import logsumexp_rows, select_topk, top_k
 from tests.conftest import run_slc
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -146,6 +146,27 @@ def test_suppressed_logits_and_bad_rows(tmp_path):
     p = run_slc("compress", tmp_path / "bad.npy", "-o", tmp_path / "b.slc", "--codec", "topk-vq", "--logits")
     assert p.returncode == 1 and "got NaN or inf in row 11" in p.stderr.decode()
     assert not (tmp_path / "b.slc").exists()
+
+
+@pytest.mark.parametrize("v,k", [(50257, 64), (72547, 20), (4096, 32), (1000, 8), (33, 33)])
+def test_block_top_k_and_the_normaliser_match_plain_torch(v, k):
+    """The fast paths (block maxima, exp2 in cache) against torch.topk and a float64 logsumexp, with
+    suppressed words, a row of ties, an all -inf row and a short last block."""
+    x = torch.randn(40, v, generator=torch.Generator().manual_seed(v)) * 4
+    x[0] = float("-inf")
+    x[0, v - 1] = 3.0  # one finite logit, in the last (short) block
+    x[1, v // 3:] = 2.0
+    x[2] = float("-inf")
+    vals, idx, top = top_k(x, k)
+    ref = torch.topk(x, k, 1)
+    assert torch.equal(vals, ref.values) and torch.equal(x.gather(1, idx), vals)
+    assert all(len(set(row.tolist())) == k for row in idx)
+    np.testing.assert_array_equal(top, x.amax(1))
+    lse, exact = logsumexp_rows(x, top), x.double().logsumexp(1)
+    assert lse[2] == float("-inf")
+    np.testing.assert_allclose(lse[3:], exact[3:], rtol=0, atol=2e-6)
+    s = select_topk(x[3:], k, normalised=False)
+    np.testing.assert_allclose(s.logp, (ref.values[3:].double() - exact[3:, None]).float(), rtol=0, atol=2e-6)
 
 
 def test_k_larger_than_the_vocabulary_is_one_line(tmp_path):
