@@ -151,6 +151,7 @@ class Source:
     labels: Callable[[np.ndarray], np.ndarray | SparseLabels] | None = None
     mode: str = "dense"  # kd_loss mode for sparse labels
     prior_logp: np.ndarray | None = None
+    tail: str | None = None  # kd_loss tail_mode for sparse labels (the file's)
     bytes_per_token: float | None = None
     note: str = ""
 
@@ -181,14 +182,14 @@ def slc_source(path: str, train: np.ndarray, V: int) -> Source:
     if s.indices.max() >= V:
         raise SystemExit(f"{path}: vocabulary mismatch: labels index word {s.indices.max()} but the student has {V}")
     tail = getattr(codec, "tail", "uniform")
-    prior = codec.prior_logp if tail == "prior" else None  # mr: no tail; mrs and uniform: spread uniformly
+    prior = codec.prior_logp if tail in ("prior", "capped") else None  # mr: no tail; mrs and uniform: uniformly
     name = f"{Path(path).name} ({getattr(codec, 'name', '?')} k={s.k}, {tail} tail)"
     note = f"{name}: {os.path.getsize(path):,} bytes for {samples:,} tokens, dense-mode KD with the file's tail"
     if samples > s1:
         note += ("; the file also holds the held-out tokens: fit its codec on the training tokens only "
                  "(`slc bench --tokens --keep DIR` files are fitted on the first 80%)")
     return Source(name, "sparse", lambda rows: take(s, rows - s0), "dense", prior,
-                  os.path.getsize(path) / samples, note)
+                  tail if prior is not None else "uniform", os.path.getsize(path) / samples, note)
 
 
 def batches(train: np.ndarray, steps: int, batch: int, seed: int) -> list[np.ndarray]:
@@ -209,7 +210,7 @@ def loss_of(src: Source, logits: torch.Tensor, targets: torch.Tensor, lab) -> to
         return F.kl_div(F.log_softmax(logits, 1), torch.from_numpy(lab), log_target=True, reduction="batchmean")
     prior = None if src.prior_logp is None else torch.as_tensor(src.prior_logp)
     return kd_loss(logits, torch.from_numpy(lab.indices), torch.from_numpy(lab.logp), torch.from_numpy(lab.tail),
-                   mode=src.mode, prior_logp=prior)
+                   mode=src.mode, prior_logp=prior, tail_mode=src.tail)
 
 
 def train(src: Source, init: dict, data: Data, plan: list[np.ndarray], lr: float, args) -> tuple[TrigramLM, dict]:

@@ -678,8 +678,8 @@ def main() -> None:
 @click.option("--size", type=int, help="With --student: student input size.")
 @click.option("--tokens", is_flag=True, help="LABELS are token-level LM labels (tokens, V): bench topk-vq at several "
               "budgets against top-k in bf16 with int32 indices at the same bytes.")
-@click.option("--rows", help="With --tokens: ';'-separated topk-vq options per row [default: "
-              "k=8;k=16;k=32;k=64;k=128;k=20,values=bf16;k=20,values=bf16,tail=uniform].")
+@click.option("--rows", help="With --tokens: ';'-separated topk-vq options per row [default: k=8;k=16;k=32;k=64;"
+              "k=128;k=64,tail=prior;k=20,values=bf16;k=20,values=bf16,tail=prior;k=20,values=bf16,tail=uniform].")
 @click.option("--force", is_flag=True, help="Overwrite --plot/--json/--markdown outputs and reuse --keep.")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors

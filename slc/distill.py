@@ -6,9 +6,10 @@ or ``SlcFile.sparse`` give them. :func:`kd_loss` is the forward KL(teacher || st
 
 - ``mode="collapsed"``: the KL of the (k+1)-class distributions (the k words, then everything else
   as one class); the student's tail is its mass outside the stored words.
-- ``mode="dense"``: the teacher's tail spread over the other words, uniformly or in proportion to
-  ``prior_logp`` (exactly as ``slc.sparse.expand``), and the KL over the whole vocabulary. It is
-  computed in closed form, without building the (n, V) teacher.
+- ``mode="dense"``: the teacher's tail spread over the other words as ``slc.sparse.expand`` does
+  (``tail``: uniformly, in proportion to ``prior_logp``, or ``capped``), and the KL over the whole
+  vocabulary. ``uniform`` and ``prior`` are computed in closed form, without building the (n, V)
+  teacher; ``capped`` builds it (float64, a few rows at a time).
 
 The teacher is used as stored (at the file's temperature); ``temperature`` only softens the student.
 """
@@ -19,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .sparse import TAILS, capped_tail
 
 MODES = ("collapsed", "dense")
 REDUCTIONS = ("mean", "sum", "none")
@@ -72,15 +75,26 @@ def _tail_dense(q: Tensor, idx: Tensor, q_s: Tensor, tail: Tensor, prior_logp: T
     return torch.where(tail > -math.inf, out, 0)
 
 
+def _tail_capped(q: Tensor, idx: Tensor, lp: Tensor, tail: Tensor, prior_logp: Tensor) -> Tensor:
+    """sum over unstored words j of t_j (log t_j - q_j) for the ``capped`` tail (t built explicitly)."""
+    with torch.no_grad():
+        cap = lp.double().amin(1).exp() if idx.shape[1] else torch.zeros_like(tail, dtype=torch.float64)
+        t = capped_tail(idx, cap, tail.double().exp(), (prior_logp.double() - prior_logp.double().logsumexp(0)).exp())
+        t_log = torch.where(t > 0, t.log(), 0.0)
+    return (t * t_log).sum(1).to(q) - (t.to(q) * torch.where(t > 0, q, 0)).sum(1)
+
+
 def kd_loss(student_logits: Tensor, indices: Tensor, logp: Tensor, tail: Tensor, *, temperature: float = 1.0,
-            mode: str = "collapsed", prior_logp: Tensor | None = None, reduction: str = "mean",
-            scale_t2: bool = False) -> Tensor:
+            mode: str = "collapsed", prior_logp: Tensor | None = None, tail_mode: str | None = None,
+            reduction: str = "mean", scale_t2: bool = False) -> Tensor:
     """KL(teacher || student) per token from sparse labels; ``reduction`` "mean" (over tokens), "sum" or "none".
 
     ``student_logits`` (n, V); ``indices`` (n, k) word ids; ``logp`` (n, k) their log-probabilities;
     ``tail`` (n,) log of the remaining mass (-inf: none). The student is ``log_softmax(logits / T)``;
     ``scale_t2`` multiplies by T^2 (Hinton et al.). A student with -inf where the teacher has mass
-    gets an infinite loss; -inf elsewhere is fine.
+    gets an infinite loss; -inf elsewhere is fine. ``tail_mode`` (dense mode): ``"uniform"``, ``"prior"`` or
+    ``"capped"`` (both need ``prior_logp``; a file's ``codec.tail`` and ``codec.prior_logp``); by default
+    ``"prior"`` when ``prior_logp`` is given, else ``"uniform"``.
     """
     if mode not in MODES:
         raise ValueError(f"expected mode in {MODES}, got {mode!r}")
@@ -89,6 +103,11 @@ def kd_loss(student_logits: Tensor, indices: Tensor, logp: Tensor, tail: Tensor,
     if not temperature > 0:
         raise ValueError(f"expected temperature > 0, got {temperature}")
     prior_logp = None if prior_logp is None else torch.as_tensor(prior_logp)
+    tail_mode = tail_mode or ("uniform" if prior_logp is None else "prior")
+    if tail_mode not in TAILS:
+        raise ValueError(f"expected tail_mode in {TAILS}, got {tail_mode!r}")
+    if tail_mode != "uniform" and prior_logp is None:
+        raise ValueError(f"expected prior_logp with tail_mode={tail_mode!r}, got none")
     _check(student_logits, indices, logp, tail, prior_logp)
     q = F.log_softmax(student_logits.float() / temperature, dim=1)
     idx = indices.long().to(q.device)
@@ -96,8 +115,10 @@ def kd_loss(student_logits: Tensor, indices: Tensor, logp: Tensor, tail: Tensor,
     q_s = q.gather(1, idx)
     p = lp.exp()
     loss = torch.where(p > 0, p * lp, 0).sum(1) - torch.where(p > 0, p * q_s, 0).sum(1)
-    if mode == "dense":
-        loss = loss + _tail_dense(q, idx, q_s, tl, None if prior_logp is None else prior_logp.to(q))
+    if mode == "dense" and tail_mode == "capped":
+        loss = loss + _tail_capped(q, idx, lp, tl, prior_logp.to(q))
+    elif mode == "dense":
+        loss = loss + _tail_dense(q, idx, q_s, tl, None if tail_mode == "uniform" else prior_logp.to(q))
     else:
         # the student's tail: log(1 - its stored mass) where that mass is <= 1/2 (no cancellation), else the
         # log-sum-exp of its other words (rows without a teacher tail skipped: all -inf has NaN gradients)

@@ -16,7 +16,8 @@ import torch
 
 from .labels import as_tensor
 
-TAILS = ("uniform", "prior")
+TAILS = ("uniform", "prior", "capped")
+CAPPED_ROWS = 128  # rows per step of the capped spread: a few (rows, V) float64 arrays
 
 
 @dataclass
@@ -168,12 +169,50 @@ def uncollapse(indices: np.ndarray, collapsed_logp: np.ndarray) -> SparseLabels:
 
 
 @torch.no_grad()
+def capped_tail(idx: torch.Tensor, cap: torch.Tensor, tail_p: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """(n, V) float64 probabilities of the unstored words (0 at the stored ones) for the ``capped`` tail.
+
+    Each unstored word gets ``min(cap, lam * prior)``, with ``lam`` per row such that they sum to
+    ``tail_p``: the prior's shape, but no unstored word above ``cap`` (the smallest stored
+    probability), so the stored words stay the k most probable. Water-filling in prior order: cap the
+    words with the largest prior one by one while the next would exceed the cap (``lam`` only grows,
+    so the first word in prior order that fits gives ``lam``). A row whose tail cannot be spread
+    under the cap (``tail_p >= cap * (V - k)``) is spread uniformly.
+    """
+    n, k = idx.shape
+    v, dev = prior.shape[0], idx.device
+    prior = prior.double().to(dev)
+    order = torch.argsort(prior, descending=True, stable=True)
+    ps, pos_of, cols = prior[order], torch.empty_like(order), torch.arange(v, device=dev)
+    pos_of[order] = cols
+    out = torch.empty(n, v, dtype=torch.float64, device=dev)
+    for r in range(0, n, CAPPED_ROWS):
+        rows = slice(r, r + CAPPED_ROWS)
+        m = len(idx[rows])
+        c, t = cap[rows].double()[:, None], tail_p[rows].double()[:, None]
+        free = torch.ones(m, v, dtype=torch.bool, device=dev).scatter_(1, pos_of[idx[rows]], False)
+        pm = torch.where(free, ps, 0.0)
+        after = pm.flip(1).cumsum(1).flip(1)  # prior mass of the unstored words from here on
+        before = free.cumsum(1) - free.long()  # unstored words before here (capped if lam starts here)
+        lam = (t - c * before) / after
+        fits = free & (after > 0) & (lam * ps <= c)
+        j = fits.long().argmax(1, keepdim=True)
+        lam_j = lam.gather(1, j)
+        spread = torch.where(cols < j, c, lam_j * ps) * free
+        uniform = (t / (v - k)).expand(m, v) * free
+        ok = fits.any(1, keepdim=True) & (t < c * (v - k))
+        out[rows] = torch.where(ok, spread, uniform)[:, pos_of]
+    return out
+
+
+@torch.no_grad()
 def expand(s: SparseLabels, vocab: int, tail: str = "uniform", prior_logp: np.ndarray | None = None) -> np.ndarray:
     """Dense (n, V) log-probabilities: the stored words, and the tail spread over the others.
 
     ``uniform`` gives every other word the same share; ``prior`` shares in proportion to
     ``prior_logp`` (a (V,) log-distribution, e.g. the teacher's mean), renormalised over the words
-    each row does not store.
+    each row does not store; ``capped`` is ``prior`` with no unstored word above the smallest stored
+    one (:func:`capped_tail`).
     """
     n, k = s.indices.shape
     idx = torch.as_tensor(s.indices, dtype=torch.int64)
@@ -186,6 +225,11 @@ def expand(s: SparseLabels, vocab: int, tail: str = "uniform", prior_logp: np.nd
         stored = prior[idx].logsumexp(1, keepdim=True)  # prior mass of the stored words, per row
         rest = torch.log1p(-stored.exp().clamp(max=1 - 1e-7))
         out = prior[None, :] + (tail_lp - rest)
+    elif tail == "capped":
+        prior = torch.as_tensor(prior_logp, dtype=torch.float64)
+        lp = torch.as_tensor(s.logp, dtype=torch.float64)
+        cap = lp.amin(1).exp() if k else torch.zeros(n, dtype=torch.float64)
+        out = capped_tail(idx, cap, tail_lp[:, 0].double().exp(), (prior - prior.logsumexp(0)).exp()).log().float()
     else:
         raise ValueError(f"expected a tail in {TAILS}, got {tail!r}")
     out.scatter_(1, idx, torch.as_tensor(s.logp, dtype=torch.float32))

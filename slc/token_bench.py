@@ -23,7 +23,8 @@ from .reader import open_slc
 from .sources import open_labels
 from .sparse import SparseLabels, expand, kl_rows, select_topk
 
-DEFAULT_ROWS = ("k=8", "k=16", "k=32", "k=64", "k=128", "k=20,values=bf16", "k=20,values=bf16,tail=uniform")
+DEFAULT_ROWS = ("k=8", "k=16", "k=32", "k=64", "k=128", "k=64,tail=prior", "k=20,values=bf16",
+                "k=20,values=bf16,tail=prior", "k=20,values=bf16,tail=uniform")
 RECALL_K = 20
 BLOCK = 256  # held-out tokens scored at a time: (BLOCK, V) floats per array
 

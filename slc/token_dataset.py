@@ -5,7 +5,7 @@
     for batch in loader:
         logits = student(batch["ids"])                                   # (B, L, V)
         loss = kd_loss(logits[batch["mask"]], batch["indices"][batch["mask"]], batch["logp"][batch["mask"]],
-                       batch["tail"][batch["mask"]], prior_logp=ds.prior_logp)
+                       batch["tail"][batch["mask"]], mode="dense", prior_logp=ds.prior_logp, tail_mode=ds.tail_mode)
 
 The file is opened lazily in each worker process, so the dataset pickles into DataLoader workers.
 """
@@ -36,6 +36,8 @@ class TokenLabelDataset(torch.utils.data.Dataset):
             self.offsets = f.offsets.copy()
             self.has_ids = f.token_ids(0, 0) is not None
             self.tail = codec.tail
+            # how kd_loss(mode="dense") spreads the tail as the file's decoder does (mr/mrs rows are already adjusted)
+            self.tail_mode = codec.tail if codec.tail in ("prior", "capped") else "uniform"
             self.prior_logp = None if codec.prior_logp is None else torch.from_numpy(codec.prior_logp.copy())
             self.temperature = f.temperature
         if vocab is not None and vocab != self.vocab:

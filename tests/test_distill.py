@@ -57,27 +57,29 @@ def test_collapsed_is_the_k_plus_1_class_kl(data, T):
         collapsed_by_hand(s, torch.log_softmax(torch.from_numpy(z).double(), 1).numpy()).sum(), rel=1e-5)
 
 
-@pytest.mark.parametrize("tail", ["uniform", "prior", "prior-with-zeros"])
+@pytest.mark.parametrize("tail", ["uniform", "prior", "prior-with-zeros", "capped", "capped-with-zeros"])
 def test_dense_is_the_full_kl_against_expand(data, tail):
     s, z, prior = data
-    if tail == "prior-with-zeros":
+    tail, _, zeros = tail.partition("-")
+    if zeros:
         prior = prior.copy()
         prior[[7, 11]] = -np.inf  # words the prior rules out: no teacher mass, even where the student has -inf
         z = z.copy()
         z[2:, 7] = -np.inf
-    teacher = expand(s, V, "uniform" if tail == "uniform" else "prior", prior)
+    teacher = expand(s, V, tail, prior)
     want = kl_rows(teacher, torch.log_softmax(torch.from_numpy(z), 1).numpy())
     got = kd_loss(torch.from_numpy(z), *tensors(s), mode="dense", reduction="none",
-                  prior_logp=None if tail == "uniform" else torch.from_numpy(prior))
+                  prior_logp=None if tail == "uniform" else torch.from_numpy(prior), tail_mode=tail)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("tail", ["uniform", "prior"])
+@pytest.mark.parametrize("tail", ["uniform", "prior", "capped"])
 def test_dense_gradient_equals_the_dense_kl_gradient(data, tail):
     s, z, prior = data
     teacher = torch.from_numpy(expand(s, V, tail, prior))
     x1 = torch.tensor(z, requires_grad=True)
-    kd_loss(x1, *tensors(s), mode="dense", prior_logp=torch.from_numpy(prior) if tail == "prior" else None).backward()
+    kd_loss(x1, *tensors(s), mode="dense", prior_logp=None if tail == "uniform" else torch.from_numpy(prior),
+            tail_mode=tail).backward()
     x2 = torch.tensor(z, requires_grad=True)
     F.kl_div(torch.log_softmax(x2, 1), teacher, log_target=True, reduction="batchmean").backward()
     np.testing.assert_allclose(x1.grad.numpy(), x2.grad.numpy(), atol=1e-6)
@@ -98,7 +100,8 @@ def test_finite_gradients_with_minus_inf_logits_and_no_tail(data, mode, prior):
     assert (x.grad[0].abs() > 0).sum() <= K and (x.grad[1].abs() > 0).sum() <= 3
 
 
-@pytest.mark.parametrize("mode,tail", [("collapsed", None), ("dense", "uniform"), ("dense", "prior")])
+@pytest.mark.parametrize("mode,tail", [("collapsed", None), ("dense", "uniform"), ("dense", "prior"),
+                                       ("dense", "capped")])
 def test_a_stored_word_without_mass_may_be_minus_inf(data, mode, tail):
     s, z, prior = data
     s = SparseLabels(s.indices, s.logp.copy(), s.tail)
@@ -107,7 +110,7 @@ def test_a_stored_word_without_mass_may_be_minus_inf(data, mode, tail):
     z[4, s.indices[4, -1]] = -np.inf
     x = torch.tensor(z, requires_grad=True)
     got = kd_loss(x, *tensors(s), mode=mode, reduction="none",
-                  prior_logp=torch.from_numpy(prior) if tail == "prior" else None)
+                  prior_logp=torch.from_numpy(prior) if tail in ("prior", "capped") else None, tail_mode=tail)
     got.sum().backward()
     assert torch.isfinite(got).all() and torch.isfinite(x.grad).all()
     if mode == "dense":
@@ -136,6 +139,10 @@ def test_bad_inputs(data):
         kd_loss(x, idx, lp[:, :4], tl)
     with pytest.raises(ValueError, match=r"expected prior_logp of shape \(50,\)"):
         kd_loss(x, idx, lp, tl, mode="dense", prior_logp=torch.zeros(49))
+    with pytest.raises(ValueError, match="expected prior_logp with tail_mode='capped', got none"):
+        kd_loss(x, idx, lp, tl, mode="dense", tail_mode="capped")
+    with pytest.raises(ValueError, match="expected tail_mode in"):
+        kd_loss(x, idx, lp, tl, mode="dense", tail_mode="zipf")
     with pytest.raises(ValueError, match="expected mode in"):
         kd_loss(x, idx, lp, tl, mode="sparse")
     with pytest.raises(ValueError, match="expected integer indices"):

@@ -12,7 +12,8 @@ import torch
 import slc
 from slc.codecs.topkvq import index_bytes, plane_ranks, rank_planes
 from slc.errors import SlcFormatError, SlcInputError
-from slc.sparse import logsumexp_rows, select_topk, top_k
+from slc.distill import kd_loss
+from slc.sparse import kl_rows, logsumexp_rows, select_topk, top_k
 from tests.conftest import run_slc
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -86,6 +87,36 @@ def test_prior_tail_beats_the_uniform_tail_at_equal_bytes(tmp_path, token_file):
         p = torch.from_numpy(lp)
         kl[tail] = float((p.exp() * (p - torch.log_softmax(torch.from_numpy(q), 1))).sum(1).mean())
     assert kl["prior"] < 0.8 * kl["uniform"], kl
+
+
+def test_capped_tail_is_the_prior_water_filled_under_the_smallest_stored_word(tmp_path, token_file):
+    """Through a real file: the dense label sums to 1, no unstored word is above a stored one, the shares
+    match a bisection for the water level, and the KL is lower than the plain prior's."""
+    _, logits, _, _ = token_file
+    lp = logp_of(logits)
+    kl = {}
+    for tail in ("prior", "capped"):
+        out = tmp_path / f"{tail}.slc"
+        slc.compress(lp, out, codec="topk-vq", source="logits", options={"k": 16, "values": "bf16", "tail": tail})
+        with slc.open_slc(out) as f:
+            s, q, prior = f.sparse(), f.decode(0, out="logits"), f.sparse_codec.prior_logp
+        p = torch.from_numpy(lp)
+        kl[tail] = float((p.exp() * (p - torch.log_softmax(torch.from_numpy(q), 1))).sum(1).mean())
+    dense = np.exp(q.astype(np.float64))
+    np.testing.assert_allclose(dense.sum(1), 1, atol=1e-4)
+    others = np.ones_like(dense, bool)
+    np.put_along_axis(others, s.indices, False, 1)
+    cap = np.exp(s.logp.astype(np.float64)).min(1)
+    assert (np.where(others, dense, 0).max(1) <= cap * (1 + 1e-5)).all()
+    pi = np.exp(prior.astype(np.float64) - np.logaddexp.reduce(prior.astype(np.float64)))
+    for r in range(0, len(dense), 97):
+        t, w = np.exp(np.float64(s.tail[r])), pi[others[r]]
+        lo, hi = 0.0, 1e12
+        for _ in range(200):  # the water level by bisection
+            lam = (lo + hi) / 2
+            lo, hi = (lo, lam) if np.minimum(cap[r], lam * w).sum() > t else (lam, hi)
+        np.testing.assert_allclose(dense[r][others[r]], np.minimum(cap[r], lo * w), rtol=1e-4, atol=1e-12)
+    assert kl["capped"] < kl["prior"], kl
 
 
 def test_bf16_values_and_the_mr_mrs_tails(tmp_path):
@@ -334,7 +365,7 @@ def test_token_dataset_pads_sequences_and_refuses_another_vocabulary(token_file)
 
     out, _, seq, ids = token_file
     ds = TokenLabelDataset(out, vocab=3000, max_len=200)
-    assert len(ds) == 3 and ds.tail == "prior" and ds.prior_logp.shape == (3000,)
+    assert len(ds) == 3 and ds.tail == ds.tail_mode == "capped" and ds.prior_logp.shape == (3000,)
     with slc.open_slc(out) as f:
         s = f.sparse(100, 300)
     item = ds[1]
@@ -343,6 +374,14 @@ def test_token_dataset_pads_sequences_and_refuses_another_vocabulary(token_file)
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_tokens, num_workers=1)))
     assert batch["mask"].sum(1).tolist() == [100, 200, 200] and batch["ids"].shape == (3, 200)
     assert torch.isneginf(batch["logp"][0, 100:]).all() and (batch["tail"][0, 100:] == 0).all()
+    # the docstring's loop: dense-mode kd_loss with the file's tail is the KL to the file's own dense decode
+    student = torch.randn(100, 3000, generator=torch.Generator().manual_seed(0))
+    got = kd_loss(student, batch["indices"][0, :100], batch["logp"][0, :100], batch["tail"][0, :100], mode="dense",
+                  prior_logp=ds.prior_logp, tail_mode=ds.tail_mode, reduction="none")
+    with slc.open_slc(out) as f:
+        teacher = torch.log_softmax(torch.from_numpy(f.decode(0, 0, 100, out="logits")), 1).numpy()
+    np.testing.assert_allclose(got.numpy(), kl_rows(teacher, torch.log_softmax(student, 1).numpy()), rtol=1e-4,
+                               atol=1e-5)
     with pytest.raises(SlcInputError, match="vocabulary mismatch: expected a student over the file's 3,000 words, "
                                             "got 50,257"):
         TokenLabelDataset(out, vocab=50257)
