@@ -835,7 +835,7 @@ def test_file_size_matches_sizing(valid, parts):
 
 
 V1_2_FILES = ("topk-mr", "topk-mrs", "pca", "quant", "vq-noae", "pruned")
-V1_3_FILES = ("topk-vq", "topk-vq-bf16")
+V1_3_FILES = ("topk-vq", "topk-vq-bf16", "topk-vq-capped")
 
 
 @FUZZ

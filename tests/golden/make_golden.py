@@ -4,6 +4,7 @@
     python tests/golden/make_golden.py v1.1    # the replay sections of `slc encode`
     python tests/golden/make_golden.py v1.2    # the 1.2 codecs and a pruned file
     python tests/golden/make_golden.py v1.3    # token-level topk-vq files with tokens.seq / tokens.ids
+    python tests/golden/make_golden.py v1.3-capped    # the capped tail, from the v1.3 input
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -92,8 +93,20 @@ def make_v1_3() -> None:
     logits = (zipf + rng.normal(size=(40, 300)) * 1.5).astype(np.float32)
     logits[3, 10:] = -np.inf  # a suppressed vocabulary: only 10 words possible
     np.save(HERE / "v1.3-tokens.input.npy", logits)
+    write_v1_3(V1_3, "v1.3-expected.npz")
+
+
+V1_3_CAPPED = {"topk-vq-capped": {"k": 5, "values": "bf16", "tail": "capped"}}
+
+
+def make_v1_3_capped() -> None:
+    """The ``capped`` tail (added to 1.3 before it shipped), from the same input; the other v1.3 files stay."""
+    write_v1_3(V1_3_CAPPED, "v1.3-capped-expected.npz")
+
+
+def write_v1_3(files: dict, expected_name: str) -> None:
     expected = {}
-    for name, options in V1_3.items():
+    for name, options in files.items():
         out = HERE / f"v1.3-{name}.slc"
         slc.compress(str(HERE / "v1.3-tokens.input.npy"), str(out), codec="topk-vq", source="logits",
                      temperature=1.0, chunk_size=16, options=options, sequences=np.array([0, 7, 30, 40]),
@@ -103,12 +116,12 @@ def make_v1_3() -> None:
             s = f.sparse()
             expected[name] = f.decode(0)
             expected[name + ".indices"], expected[name + ".logp"], expected[name + ".tail"] = s.indices, s.logp, s.tail
-    np.savez(HERE / "v1.3-expected.npz", **expected)
-    print(f"wrote {len(V1_3)} v1.3 files")
+    np.savez(HERE / expected_name, **expected)
+    print(f"wrote {len(files)} v1.3 files")
 
 
 if __name__ == "__main__":
     import sys
 
-    {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3}[sys.argv[1] if len(sys.argv) > 1
-                                                                            else "v1.3"]()
+    makers = {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3, "v1.3-capped": make_v1_3_capped}
+    makers[sys.argv[1] if len(sys.argv) > 1 else "v1.3"]()
