@@ -74,34 +74,29 @@ def test_indices_are_exact_and_sequences_read_directly(token_file):
             f.sequence(3)
 
 
+def bf16_file_with_tail(tmp_path, lp: np.ndarray, tail: str):
+    """A k=16 bf16 file of ``lp`` with ``tail``: its mean KL to ``lp``, sparse labels, dense decode and prior."""
+    out = tmp_path / f"{tail}.slc"
+    slc.compress(lp, out, codec="topk-vq", source="logits", options={"k": 16, "values": "bf16", "tail": tail})
+    with slc.open_slc(out) as f:
+        s, q, prior = f.sparse(), f.decode(0, out="logits"), f.sparse_codec.prior_logp
+    p = torch.from_numpy(lp)
+    return float((p.exp() * (p - torch.log_softmax(torch.from_numpy(q), 1))).sum(1).mean()), s, q, prior
+
+
 def test_prior_tail_beats_the_uniform_tail_at_equal_bytes(tmp_path, token_file):
     """With Zipf-shaped teachers the tail is mostly common words: the stored prior puts it there."""
-    _, logits, _, _ = token_file
-    lp = logp_of(logits)
-    kl = {}
-    for tail in ("prior", "uniform"):
-        out = tmp_path / f"{tail}.slc"
-        slc.compress(lp, out, codec="topk-vq", source="logits", options={"k": 16, "values": "bf16", "tail": tail})
-        with slc.open_slc(out) as f:
-            q = f.decode(0, out="logits")
-        p = torch.from_numpy(lp)
-        kl[tail] = float((p.exp() * (p - torch.log_softmax(torch.from_numpy(q), 1))).sum(1).mean())
+    lp = logp_of(token_file[1])
+    kl = {tail: bf16_file_with_tail(tmp_path, lp, tail)[0] for tail in ("prior", "uniform")}
     assert kl["prior"] < 0.8 * kl["uniform"], kl
 
 
 def test_capped_tail_is_the_prior_water_filled_under_the_smallest_stored_word(tmp_path, token_file):
     """Through a real file: the dense label sums to 1, no unstored word is above a stored one, the shares
     match a bisection for the water level, and the KL is lower than the plain prior's."""
-    _, logits, _, _ = token_file
-    lp = logp_of(logits)
-    kl = {}
-    for tail in ("prior", "capped"):
-        out = tmp_path / f"{tail}.slc"
-        slc.compress(lp, out, codec="topk-vq", source="logits", options={"k": 16, "values": "bf16", "tail": tail})
-        with slc.open_slc(out) as f:
-            s, q, prior = f.sparse(), f.decode(0, out="logits"), f.sparse_codec.prior_logp
-        p = torch.from_numpy(lp)
-        kl[tail] = float((p.exp() * (p - torch.log_softmax(torch.from_numpy(q), 1))).sum(1).mean())
+    lp = logp_of(token_file[1])
+    kl_prior = bf16_file_with_tail(tmp_path, lp, "prior")[0]
+    kl, s, q, prior = bf16_file_with_tail(tmp_path, lp, "capped")
     dense = np.exp(q.astype(np.float64))
     np.testing.assert_allclose(dense.sum(1), 1, atol=1e-4)
     others = np.ones_like(dense, bool)
@@ -116,7 +111,7 @@ def test_capped_tail_is_the_prior_water_filled_under_the_smallest_stored_word(tm
             lam = (lo + hi) / 2
             lo, hi = (lo, lam) if np.minimum(cap[r], lam * w).sum() > t else (lam, hi)
         np.testing.assert_allclose(dense[r][others[r]], np.minimum(cap[r], lo * w), rtol=1e-4, atol=1e-12)
-    assert kl["capped"] < kl["prior"], kl
+    assert kl < kl_prior, (kl, kl_prior)
 
 
 def test_bf16_values_and_the_mr_mrs_tails(tmp_path):
