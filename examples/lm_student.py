@@ -182,14 +182,14 @@ def slc_source(path: str, train: np.ndarray, V: int) -> Source:
     if s.indices.max() >= V:
         raise SystemExit(f"{path}: vocabulary mismatch: labels index word {s.indices.max()} but the student has {V}")
     tail = getattr(codec, "tail", "uniform")
-    prior = codec.prior_logp if tail in ("prior", "capped") else None  # mr: no tail; mrs and uniform: uniformly
+    prior = codec.prior_logp  # None unless the file's tail spreads by its prior
     name = f"{Path(path).name} ({getattr(codec, 'name', '?')} k={s.k}, {tail} tail)"
     note = f"{name}: {os.path.getsize(path):,} bytes for {samples:,} tokens, dense-mode KD with the file's tail"
     if samples > s1:
         note += ("; the file also holds the held-out tokens: fit its codec on the training tokens only "
                  "(`slc bench --tokens --keep DIR` files are fitted on the first 80%)")
     return Source(name, "sparse", lambda rows: take(s, rows - s0), "dense", prior,
-                  tail if prior is not None else "uniform", os.path.getsize(path) / samples, note)
+                  codec.dense_tail, os.path.getsize(path) / samples, note)
 
 
 def batches(train: np.ndarray, steps: int, batch: int, seed: int) -> list[np.ndarray]:

@@ -78,8 +78,7 @@ def _tail_dense(q: Tensor, idx: Tensor, q_s: Tensor, tail: Tensor, prior_logp: T
 def _tail_capped(q: Tensor, idx: Tensor, lp: Tensor, tail: Tensor, prior_logp: Tensor) -> Tensor:
     """sum over unstored words j of t_j (log t_j - q_j) for the ``capped`` tail (t built explicitly)."""
     with torch.no_grad():
-        cap = lp.double().amin(1).exp() if idx.shape[1] else torch.zeros_like(tail, dtype=torch.float64)
-        t = capped_tail(idx, cap, tail.double().exp(), (prior_logp.double() - prior_logp.double().logsumexp(0)).exp())
+        t = capped_tail(idx, lp, tail, prior_logp)
         t_log = torch.where(t > 0, t.log(), 0.0)
     return (t * t_log).sum(1).to(q) - (t.to(q) * torch.where(t > 0, q, 0)).sum(1)
 

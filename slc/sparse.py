@@ -169,19 +169,23 @@ def uncollapse(indices: np.ndarray, collapsed_logp: np.ndarray) -> SparseLabels:
 
 
 @torch.no_grad()
-def capped_tail(idx: torch.Tensor, cap: torch.Tensor, tail_p: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """(n, V) float64 probabilities of the unstored words (0 at the stored ones) for the ``capped`` tail.
+def capped_tail(idx: torch.Tensor, logp: torch.Tensor, tail: torch.Tensor, prior_logp: torch.Tensor) -> torch.Tensor:
+    """(n, V) float64 probabilities of the unstored words (0 at the stored ones) for the ``capped`` tail,
+    from a sparse label (``idx``, ``logp`` (n, k), ``tail`` (n,) log-mass) and a (V,) log-prior.
 
     Each unstored word gets ``min(cap, lam * prior)``, with ``lam`` per row such that they sum to
-    ``tail_p``: the prior's shape, but no unstored word above ``cap`` (the smallest stored
+    the tail mass: the prior's shape, but no unstored word above ``cap`` (the smallest stored
     probability), so the stored words stay the k most probable. Water-filling in prior order: cap the
     words with the largest prior one by one while the next would exceed the cap (``lam`` only grows,
     so the first word in prior order that fits gives ``lam``). A row whose tail cannot be spread
     under the cap (``tail_p >= cap * (V - k)``) is spread uniformly.
     """
     n, k = idx.shape
-    v, dev = prior.shape[0], idx.device
-    prior = prior.double().to(dev)
+    v, dev = prior_logp.shape[0], idx.device
+    prior_logp = prior_logp.double().to(dev)
+    prior = (prior_logp - prior_logp.logsumexp(0)).exp()
+    cap = logp.double().amin(1).exp() if k else torch.zeros(n, dtype=torch.float64, device=dev)
+    tail_p = tail.double().exp()
     order = torch.argsort(prior, descending=True, stable=True)
     ps, pos_of, cols = prior[order], torch.empty_like(order), torch.arange(v, device=dev)
     pos_of[order] = cols
@@ -189,7 +193,7 @@ def capped_tail(idx: torch.Tensor, cap: torch.Tensor, tail_p: torch.Tensor, prio
     for r in range(0, n, CAPPED_ROWS):
         rows = slice(r, r + CAPPED_ROWS)
         m = len(idx[rows])
-        c, t = cap[rows].double()[:, None], tail_p[rows].double()[:, None]
+        c, t = cap[rows, None], tail_p[rows, None]
         free = torch.ones(m, v, dtype=torch.bool, device=dev).scatter_(1, pos_of[idx[rows]], False)
         pm = torch.where(free, ps, 0.0)
         after = pm.flip(1).cumsum(1).flip(1)  # prior mass of the unstored words from here on
@@ -226,10 +230,7 @@ def expand(s: SparseLabels, vocab: int, tail: str = "uniform", prior_logp: np.nd
         rest = torch.log1p(-stored.exp().clamp(max=1 - 1e-7))
         out = prior[None, :] + (tail_lp - rest)
     elif tail == "capped":
-        prior = torch.as_tensor(prior_logp, dtype=torch.float64)
-        lp = torch.as_tensor(s.logp, dtype=torch.float64)
-        cap = lp.amin(1).exp() if k else torch.zeros(n, dtype=torch.float64)
-        out = capped_tail(idx, cap, tail_lp[:, 0].double().exp(), (prior - prior.logsumexp(0)).exp()).log().float()
+        out = capped_tail(idx, torch.as_tensor(s.logp), tail_lp[:, 0], torch.as_tensor(prior_logp)).log().float()
     else:
         raise ValueError(f"expected a tail in {TAILS}, got {tail!r}")
     out.scatter_(1, idx, torch.as_tensor(s.logp, dtype=torch.float32))

@@ -36,8 +36,7 @@ class TokenLabelDataset(torch.utils.data.Dataset):
             self.offsets = f.offsets.copy()
             self.has_ids = f.token_ids(0, 0) is not None
             self.tail = codec.tail
-            # how kd_loss(mode="dense") spreads the tail as the file's decoder does (mr/mrs rows are already adjusted)
-            self.tail_mode = codec.tail if codec.tail in ("prior", "capped") else "uniform"
+            self.tail_mode = codec.dense_tail  # kd_loss(mode="dense") spreads the tail as the file's decoder does
             self.prior_logp = None if codec.prior_logp is None else torch.from_numpy(codec.prior_logp.copy())
             self.temperature = f.temperature
         if vocab is not None and vocab != self.vocab:

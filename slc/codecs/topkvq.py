@@ -242,6 +242,12 @@ class TopKVQCodec(Codec):
             return SparseLabels(s.indices, (lp - z[:, None]).numpy(), (rest - z).numpy())
         return s
 
+    @property
+    def dense_tail(self) -> str:
+        """How the dense label spreads the tail (``slc.sparse.expand``'s and ``kd_loss``'s ``tail_mode``):
+        ``mr``/``mrs`` rows are already adjusted when decoded, and what is left spreads uniformly."""
+        return self.tail if self.tail in PRIOR_TAILS else "uniform"
+
     def check_distinct(self, s: SparseLabels) -> None:
         srt = np.sort(s.indices, axis=1)
         expect(not (srt[:, 1:] == srt[:, :-1]).any(), "distinct words in each token's top k", "a repeated word")
@@ -249,8 +255,7 @@ class TopKVQCodec(Codec):
     def decode(self, payload, n):
         s = self.decode_sparse(payload, n)
         self.check_distinct(s)
-        tail = self.tail if self.tail in PRIOR_TAILS else "uniform"
-        return expand(s, self.classes, tail, self.prior_logp), "logits"
+        return expand(s, self.classes, self.dense_tail, self.prior_logp), "logits"
 
     # ---------------------------------------------------------------- planning and fitting
     @classmethod
