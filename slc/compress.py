@@ -25,7 +25,7 @@ from .presets import LADDER_PRESETS, PRESETS
 from .prune import EPOCHS_MAP, PrunedSource, kept_epochs, map_bytes
 from .replay import BOXES
 from .resume import ResumableOutput
-from .sizing import Plan, dense_bytes, plan_ladder, plan_vqae, target_bytes
+from .sizing import Frame, Plan, Unreachable, dense_bytes, plan_ladder, plan_vqae, target_bytes
 from .sources import LabelSource, SlcSource, SparseSource, open_labels
 from .sparse import SparseLabels
 from .tokens import TOKENS_IDS, TOKENS_SEQ, default_chunk_size, ids_bytes, seq_bytes, sequence_offsets
@@ -45,6 +45,7 @@ class CompressResult:
     source: str
     fit: dict
     codec: str = ""
+    temperature: float = 1.0
     encode_seconds: float = 0.0  # in the codec's encode, over every label written (fit excluded)
     labels: int = 0
 
@@ -55,16 +56,17 @@ class CompressResult:
 
 def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: float | None = None,
              budget: int | None = None, k: int | None = None, dc: int | None = None, dh: int | None = None,
-             tensor_dtype: str | None = None, extra: int = 0, options: dict | None = None,
-             dense: int | None = None) -> Plan:
-    """Choose codec parameters for labels of ``shape = (E, N, C)``.
+             tensor_dtype: str | None = None, options: dict | None = None, frame: Frame | None = None) -> Plan:
+    """Choose codec parameters for labels of ``shape = (E, N, C)``, counting the whole file's bytes.
 
     Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every size parameter is given.
-    ``extra`` bytes of other sections (replay, crop boxes) count against the budget. ``dense``:
-    the fp16 bytes the ratio is taken against, when it is not ``shape``'s (a pruned file).
+    ``frame``: the rest of the file (header fields, replay and token sections, the fp16 bytes the
+    ratio is against); by default labels alone.
     """
-    e, n, c = shape
+    frame = frame or Frame.of(shape, chunk_size)
+    c = frame.classes
     options = dict(options or {})
+    check_options(codec, options)
     if k is not None and codec in ("topk", "topk-mr", "topk-mrs", "vq-noae"):
         options["k"] = k
     if dc is not None and codec == "vq-noae":
@@ -78,33 +80,36 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
             pass  # bad options: plan_ladder below says which
     if ratio is None and budget is None and not fixed:
         ratio = DEFAULT_RATIO
-    full = dense if dense is not None else dense_bytes(e * n, c)
-    target = target_bytes(full, ratio, budget)
-    if target is not None and extra:
-        if target <= extra and codec not in ("fp16", "fp32"):
-            raise SlcInputError(f"expected a reachable target: {target:,} bytes, of which the replay sections "
-                                f"alone take {extra:,}")
-        target -= extra
+    target = target_bytes(frame.dense, ratio, budget)
     tensor_dtype = tensor_dtype or default_tensor_dtype(codec)
-    if codec in ("vqae", "vqae-paper"):
-        plan = plan_vqae(c, e, n, chunk_size, target, k=k, dc=dc, dh=dh, itemsize=np.dtype(tensor_dtype).itemsize,
-                         bias=codec == "vqae", dense=full, extra=extra)
-    elif codec == "auto":
-        return plan_for("vqae", shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extra, options, dense)
+    if codec in ("vqae", "vqae-paper", "auto"):
+        plan = plan_vqae(frame, target, k=k, dc=dc, dh=dh, dtype=tensor_dtype, bias=codec != "vqae-paper")
     elif codec in LADDER_PRESETS:
         name, preset = LADDER_PRESETS[codec]
         if codec in ("fp16", "fp32") and target is not None:
             raise SlcInputError(f"expected no --ratio/--budget for the dense {codec} codec (its ratio is fixed)")
-        plan = plan_ladder(codec_class(name), codec, c, e, n, chunk_size, target, {**preset, **options}, full,
-                           extra)
+        plan = plan_ladder(codec_class(name), codec, frame, target, {**preset, **options})
     else:
         raise SlcInputError(f"expected a codec in {list(PRESETS)}, got {codec!r}")
-    plan.dense_fp16 = full
-    if extra:
-        plan.bytes += extra
-        plan.why.append(f"other sections (replay, tokens) {extra:,} bytes; file {plan.bytes:,} bytes = "
-                        f"{plan.ratio:.1f}x")
+    if frame.others:
+        plan.why.append(f"other sections (replay, tokens) {frame.others:,} bytes, counted in the file's "
+                        f"{plan.bytes:,} bytes = {plan.ratio:.1f}x")
     return plan
+
+
+def check_options(codec: str, options: dict) -> None:
+    """Refuse a parameter the codec does not take, rather than ignore it."""
+    if not options:
+        return
+    if codec not in LADDER_PRESETS:
+        why = " (auto picks its codec: name one to fix its parameters)" if codec == "auto" else \
+            " (its size parameters are k, dc and dh)"
+        raise SlcInputError(f"expected no --param with --codec {codec}{why}, got {', '.join(sorted(options))}")
+    allowed = codec_class(LADDER_PRESETS[codec][0]).option_names
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SlcInputError(f"expected --param keys that {codec} takes ({', '.join(allowed) or 'none'}), got "
+                            f"{', '.join(unknown)}")
 
 
 def default_tensor_dtype(codec: str) -> str:
@@ -194,29 +199,30 @@ def sample_kl(codec: Codec, logp: np.ndarray) -> float:
     return meter.result()["kl"]
 
 
-def choose_auto(shape, chunk_size: int, ratio, budget, logp: np.ndarray, tensor_dtype: str | None,
-                fit_config: FitConfig | None, progress, log, extra: int = 0) -> tuple[Codec, Plan]:
+def choose_auto(frame: Frame, ratio, budget, logp: np.ndarray, tensor_dtype: str | None,
+                fit_config: FitConfig | None, progress, log) -> tuple[Codec, Plan]:
     """Fit the VQAE and size top-k to the same bytes; keep whichever has the lower held-out KL.
 
     The temperature decides: peaked labels (T near 1) favour top-k, soft ones the VQAE.
     """
+    shape = (frame.epochs, frame.samples, frame.classes)
     plans, refused = {}, {}
     for name, kw in (("vqae", {"tensor_dtype": tensor_dtype}), ("topk", {})):
         try:
-            plans[name] = plan_for(name, shape, chunk_size, ratio, budget, extra=extra, **kw)
-        except SlcInputError as e:  # the target is out of this codec's reach: the other one may make it
+            plans[name] = plan_for(name, shape, frame.chunk_size, ratio, budget, frame=frame, **kw)
+        except Unreachable as e:  # the target is out of this codec's reach: the other one may make it
             refused[name] = e
-    if not plans:
-        raise refused["vqae"]
+    if not plans:  # the nearest reachable ratio of the two
+        raise min(refused.values(), key=lambda e: e.smallest)
     if refused:
         (ok, plan), (other, err) = next(iter(plans.items())), next(iter(refused.items()))
         log(f"auto: {other} cannot reach the target ({err}) -> {ok}")
-        return build_codec(plan, ok, logp, shape[2], tensor_dtype or "<f2", fit_config, progress), plan
+        return build_codec(plan, ok, logp, frame.classes, tensor_dtype or "<f2", fit_config, progress), plan
     vq_plan, tk_plan = plans["vqae"], plans["topk"]
     hold = min(AUTO_HOLDOUT, len(logp) // 5)
     fit_part, held = (logp[:-hold], logp[-hold:]) if hold >= 64 else (logp, logp)
-    vq = build_codec(vq_plan, "vqae", fit_part, shape[2], tensor_dtype or "<f2", fit_config, progress)
-    tk = build_codec(tk_plan, "topk", None, shape[2], "<f2", None, None)
+    vq = build_codec(vq_plan, "vqae", fit_part, frame.classes, tensor_dtype or "<f2", fit_config, progress)
+    tk = build_codec(tk_plan, "topk", None, frame.classes, "<f2", None, None)
     kl_vq, kl_tk = sample_kl(vq, held), sample_kl(tk, held)
     pick = (vq, vq_plan) if kl_vq <= kl_tk else (tk, tk_plan)
     log(f"auto: KL on {len(held):,} held-out labels: vqae {kl_vq:.4g} ({vq_plan.ratio:.1f}x), "
@@ -233,11 +239,12 @@ class Extras:
     after: dict[str, tuple[int, Callable[[], Iterable[bytes]]]] = field(default_factory=dict)  # (size, parts)
     request: dict = field(default_factory=dict)  # what else identifies the run for --resume
 
-    def bytes(self) -> int:
-        from .replay import extra_bytes
-
-        return (extra_bytes({**self.before, **self.required})
-                + sum(extra_bytes({}, size) for size, _ in self.after.values()))
+    def frame(self, shape: tuple[int, int, int], chunk_size: int, temperature: float, user: dict | None,
+              dense: int) -> Frame:
+        """The file around the labels, as the planner counts it."""
+        return Frame.of(shape, chunk_size, temperature=temperature, user=user, dense=dense,
+                        before=[len(v) for v in (*self.required.values(), *self.before.values())],
+                        after=[size for size, _ in self.after.values()])
 
 
 def carried_extras(src: LabelSource) -> Extras:
@@ -283,11 +290,29 @@ def tokens_digest(extras: Extras) -> str | None:
     return hashlib.sha256(b"|".join(p or b"" for p in parts)).hexdigest()
 
 
-def input_identity(src: LabelSource) -> dict:
-    """Enough to notice a changed input file between a run and its ``--resume``."""
+def resolve_temperature(src: LabelSource, temperature: float | None, log: Callable[[str], None]) -> float:
+    """The temperature to store: the input ``.slc``'s own unless one is given; a change is logged."""
+    if not isinstance(src, SlcSource):
+        return 1.0 if temperature is None else temperature
+    stored = src.f.temperature
+    if temperature is None:
+        return stored
+    if temperature != stored:
+        log(f"temperature: re-tempering {src.name} from its stored T={stored:g} to T={temperature:g}: the labels "
+            f"(and what a student learns from them) change")
+    return temperature
+
+
+def input_identity(src: LabelSource, resume: bool) -> dict:
+    """Enough to notice a changed input file between a run and its ``--resume``.
+
+    Recorded by every run, resumed or not: a run interrupted without ``--resume`` is resumable.
+    """
     name = src.name.partition(":")[0]
     if not src.seekable:
-        raise SlcInputError("expected a labels file to --resume, got a stream (stdin cannot be replayed)")
+        if resume:
+            raise SlcInputError("expected a labels file to --resume, got a stream (stdin cannot be replayed)")
+        return {"input": src.name}
     try:
         st = os.stat(name)
     except OSError:
@@ -295,7 +320,8 @@ def input_identity(src: LabelSource) -> dict:
     return {"input": os.path.abspath(src.name), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns}
 
 
-def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str = "auto", temperature: float = 1.0,
+def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str = "auto",
+             temperature: float | None = None,
              ratio: float | None = None, budget: int | None = None, k: int | None = None, dc: int | None = None,
              dh: int | None = None, chunk_size: int | None = None, zstd: bool | None = None, tensor_dtype: str | None = None,
              fit_labels: int = DEFAULT_FIT_LABELS, fit_config: FitConfig | None = None, seed: int = 0,
@@ -317,9 +343,15 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
 
     Token-level labels (one epoch of ``(tokens, V)``): ``sequences`` (offsets or lengths) are
     stored so sequence i can be read directly, ``token_ids`` the input token at each position.
+
+    ``temperature``: the one the student trains at. Default: the input's own for an ``.slc`` (its
+    labels are kept as they are), else 1. A different temperature re-tempers an ``.slc``'s labels
+    and says so in the log.
     """
     src = open_labels(labels)
     out = os.fspath(out)
+    log = log or (lambda line: None)
+    temperature = resolve_temperature(src, temperature, log)
     extras = extras or carried_extras(src)
     dense_in = dense_bytes(src.shape[0] * src.shape[1], src.shape[2])
     epoch_ids = src.f.epoch_ids if isinstance(src, SlcSource) else np.arange(src.shape[0])
@@ -346,7 +378,6 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")
     if chunk_size < 1 or chunk_size * c > MAX_CHUNK_ELEMENTS:
         raise SlcInputError(f"expected 1 <= chunk size <= {MAX_CHUNK_ELEMENTS // c} for {c} classes, got {chunk_size}")
-    log = log or (lambda line: None)
     if codec == "auto" and (k, dc, dh) != (None, None, None):
         raise SlcInputError("expected --codec vqae or topk with --k/--dc/--dh, got --codec auto")
     fit_steps = fit_config.steps if fit_config else None
@@ -355,7 +386,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                "fit_labels": fit_labels, "fit_steps": fit_steps, "seed": seed, "shape": list(src.shape),
                "options": options or {}, "prune": prune, "fit_samples": fit_samples,
                "user": user or {}, "tokens": tokens_digest(extras),
-               **(extras.request or (input_identity(src) if resume else {}))}
+               **(extras.request or input_identity(src, resume))}
     target = ResumableOutput(out, request, force=force, resume=resume, log=log)
     per_epoch = -(-n // chunk_size)
 
@@ -405,8 +436,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 got += len(first[-1][3] if lp is not None else block)
                 if got >= want:
                     break
-            plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, extras.bytes(),
-                            options, dense_in)
+            frame = extras.frame(src.shape, chunk_size, temperature, user, dense_in)
+            plan = plan_for(codec, src.shape, chunk_size, ratio, budget, k, dc, dh, tensor_dtype, options, frame)
             for line in plan.why:
                 log(f"plan: {line}")
             logp = None
@@ -421,8 +452,7 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
                 else:
                     logp = cls.reduce_sample(blocks_of_sample, c, plan.params)
             if codec == "auto":
-                enc, plan = choose_auto(src.shape, chunk_size, ratio, budget, logp, tensor_dtype, fit_config,
-                                        fit_progress, log, extras.bytes())
+                enc, plan = choose_auto(frame, ratio, budget, logp, tensor_dtype, fit_config, fit_progress, log)
             else:
                 enc = build_codec(plan, codec, logp, c, tensor_dtype or default_tensor_dtype(codec), fit_config,
                                   fit_progress, seed)
@@ -486,6 +516,8 @@ def compress(labels, out: str | os.PathLike, *, codec: str = "auto", source: str
             w.add_section_stream(name, parts(), required=False)
         size = w.finish()
         target.commit(force)
+    if progress:  # the whole file now: the ratio the bar ends on is the one reported and inspected
+        progress(0, size, dense_in)
     return CompressResult(out, size, dense_in, plan, kind,
-                          {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
+                          {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name, temperature,
                           encode_seconds, e_count * n)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .augment import BOX_DTYPE, Recipe, crop_boxes, epoch_order
-from .container import ALIGN, ENTRY, header_bytes
+from .container import header_bytes
 from .errors import SlcFormatError, SlcInputError, expect
 
 REPLAY = "replay"
@@ -85,7 +85,3 @@ def boxes_bytes(epochs: int, samples: int) -> int:
     return epochs * samples * BOX_DTYPE.itemsize
 
 
-def extra_bytes(sections: dict[str, bytes], after: int = 0) -> int:
-    """File bytes the replay sections add: bodies, alignment padding, one table entry each."""
-    sizes = [len(v) for v in sections.values()] + ([after] if after else [])
-    return sum(s + ALIGN - 1 + ENTRY.size for s in sizes)

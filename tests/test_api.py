@@ -1,4 +1,5 @@
 """The Python API: compress / open_slc / decode, on synthetic labels (quality claims live in benchmarks/)."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,19 @@ def test_auto_falls_back_when_one_codec_cannot_reach_the_target(tmp_path):
 
 
 def test_a_target_the_replay_sections_alone_exceed_is_named(tmp_path):
-    with pytest.raises(slc.SlcInputError, match=r"of which the replay sections alone take 1,167"):
-        slc.compress(Path(__file__).parent / "golden" / "v1.1-replay.slc", tmp_path / "x.slc", ratio=1000)
+    golden = Path(__file__).parent / "golden" / "v1.1-replay.slc"  # 24 labels of 10 classes: 480 fp16 bytes
+    with pytest.raises(slc.SlcInputError, match=r"of which 786 are other sections .*: keep them dense with the fp16"):
+        slc.compress(golden, tmp_path / "x.slc", ratio=1000)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("codec", ["auto", "topk", "vqae", "pca"])
+def test_the_nearest_reachable_ratio_named_is_reachable(tmp_path, codec):
+    logits = synthetic_logits(epochs=1, samples=300, classes=200)
+    with pytest.raises(slc.SlcInputError, match=r"nearest reachable ratio is (\d+\.\d)x") as e:
+        slc.compress(logits, tmp_path / "x.slc", ratio=5000, codec=codec)
+    nearest = float(re.search(r"nearest reachable ratio is (\d+\.\d)x", str(e.value)).group(1))
+    with pytest.raises(slc.SlcInputError, match="nearest reachable ratio"):
+        slc.compress(logits, tmp_path / "x.slc", ratio=nearest + 0.2, codec=codec)
+    r = slc.compress(logits, tmp_path / "x.slc", ratio=nearest, codec=codec, fit_config=FitConfig(steps=20))
+    assert r.ratio >= nearest and r.bytes == (tmp_path / "x.slc").stat().st_size

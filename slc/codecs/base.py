@@ -79,9 +79,20 @@ class Codec(ABC):
         raise NotImplementedError
 
     @classmethod
+    def planned_params(cls, params: dict, classes: int) -> dict:
+        """The params a codec fitted for planned ``params`` stores (what the header holds), at their widest.
+
+        Lets the planner size the header exactly before fitting; by default the plan params are stored as they are.
+        """
+        return dict(params)
+
+    @classmethod
     def planned_tensors(cls, params: dict, classes: int) -> list[int]:
         """Byte sizes of the tensor sections for planned ``params``."""
-        return []
+        specs = cls.tensor_specs(cls.planned_params(params, classes), classes)
+        return [int(np.prod(shape)) * np.dtype(dtype).itemsize for dtype, shape in specs.values()]
+
+    option_names: ClassVar[tuple[str, ...]] = ()  # the parameters a user may fix (``--param``), as ``ladder`` reads them
 
     @classmethod
     def fit(cls, logp: np.ndarray | None, classes: int, params: dict, seed: int = 0) -> "Codec":

@@ -66,9 +66,7 @@ class PCACodec(Codec):
     def planned_payload(cls, params, classes, n):
         return 2 * n * params["components"]
 
-    @classmethod
-    def planned_tensors(cls, params, classes):
-        return [2 * classes, 2 * params["components"] * classes]
+    option_names = ("components", "domain", "eps")
 
     @classmethod
     def fit(cls, logp, classes, params, seed=0):

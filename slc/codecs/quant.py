@@ -117,9 +117,7 @@ class QuantCodec(Codec):
     def planned_payload(cls, params, classes, n):
         return packed_size(n * classes, params["bits"])
 
-    @classmethod
-    def planned_tensors(cls, params, classes):
-        return [2 << params["bits"]]
+    option_names = ("bits", "domain", "eps")
 
     @classmethod
     def fit(cls, logp, classes, params, seed=0):

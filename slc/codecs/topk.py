@@ -77,6 +77,12 @@ class TopKCodec(Codec):
         return n * params["k"] * 2 + packed_size(n * params["k"], index_bits(classes))
 
     @classmethod
+    def planned_params(cls, params, classes):
+        return {"k": params["k"], "index_bits": index_bits(classes)}
+
+    option_names = ("k",)
+
+    @classmethod
     def fit(cls, logp, classes, params, seed=0):
         return cls(classes, params["k"])
 

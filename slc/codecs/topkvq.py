@@ -286,14 +286,18 @@ class TopKVQCodec(Codec):
         return idx + packed_size(n * (vq["dh"] // vq["dc"]), bits_for(vq["k"]))
 
     @classmethod
-    def planned_tensors(cls, params, classes):
-        sizes = [4 * classes]  # at most: every word ranked
+    def planned_params(cls, params, classes):
+        p = {"k": params["k"], "index_bytes": index_bytes(classes), "ranked": classes,  # at most: every word ranked
+             "values": params["values"], "tail": params["tail"]}
         if params["tail"] in PRIOR_TAILS:
-            sizes.append(2 * classes)
+            p["prior_weight"] = float(params["prior_weight"])
         if params["values"] == "vqae":
             dc = latent_width(params["k"], params["m"])
-            sizes += [2 * params["codes"] * dc, 2 * dc * params["m"] * (params["k"] + 1), 2 * (params["k"] + 1)]
-        return sizes
+            p["vq"] = VQAECodec.planned_params({"k": params["codes"], "dc": dc, "dh": dc * params["m"]},
+                                               params["k"] + 1)
+        return p
+
+    option_names = (*DEFAULTS, "steps")
 
     @classmethod
     def reduce_sample(cls, blocks, classes: int, params: dict) -> TokenSample:

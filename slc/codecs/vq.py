@@ -117,9 +117,7 @@ class VQCodec(Codec):
     def planned_payload(cls, params, classes, n):
         return packed_size(n * math.ceil(classes / params["dc"]), code_bits(params["k"]))
 
-    @classmethod
-    def planned_tensors(cls, params, classes):
-        return [2 * params["k"] * params["dc"]]
+    option_names = ("k", "bits", "dc", "domain", "eps")
 
     @classmethod
     def fit(cls, logp, classes, params, seed=0):

@@ -79,6 +79,21 @@ class VQAECodec(Codec):
         return specs
 
     @classmethod
+    def planned_payload(cls, params, classes, n):
+        return packed_size(n * (params["dh"] // params["dc"]), code_bits(params["k"]))
+
+    @classmethod
+    def planned_params(cls, params, classes):
+        """``params``: k, dc, dh, and optionally dtype (fp16) and bias (on); the fit record at its widest."""
+        widest = 1.2345678901234567e-300  # the longest float JSON writes
+        config = {**FitConfig().to_json(), "init": "random", "kmeans_init": False, "dead_code_restart": False,
+                  "bias": False, "domain": "logit", "steps": 10**9, "batch_size": 10**9, "seed": 2**63,
+                  "lr": widest, "alpha": widest, "beta": widest, "eps": widest}
+        return {"k": params["k"], "dc": params["dc"], "dh": params["dh"], "bits": code_bits(params["k"]),
+                "domain": "logit", "eps": widest, "bias": params.get("bias", True), "dtype": params.get("dtype", "<f2"),
+                "fit": {"codes_used": params["k"], "config": config, "final_loss": widest, "fit_labels": 10**15}}
+
+    @classmethod
     def from_file(cls, params, tensors, classes):
         p = cls._checked(params, classes)
         for name, arr in tensors.items():
