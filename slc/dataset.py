@@ -106,7 +106,9 @@ class SoftLabelDataset(Dataset):
 
     ``labels`` are float32 ``[C]`` probabilities at the file's temperature (or ``temperature``),
     or logits with ``out="logits"``. ``target`` adds the image's ground-truth class (ImageFolder
-    trees, npz ``labels``) as a third item, -1 when unknown.
+    trees, npz ``labels``) as a third item, -1 when unknown. Images that were unreadable when the
+    labels were made (``slc encode --skip-bad``) are left out again: :attr:`skipped` lists them
+    (``skip_bad`` is accepted for compatibility and changes nothing).
 
         ds = SoftLabelDataset("labels.slc", "images/")
         for epoch in range(100):
@@ -129,8 +131,11 @@ class SoftLabelDataset(Dataset):
             self.file_temperature = f.temperature
             epoch_ids = f.epoch_ids
         self.info = info
-        imgs = images if isinstance(images, ImageSet) else open_images(images, skip_bad=skip_bad)
+        # unreadable images are left out when the labels were made without them (`slc encode --skip-bad`):
+        # the stored fingerprints say which images the file holds, so no flag has to be repeated here
+        imgs = images if isinstance(images, ImageSet) else open_images(images, skip_bad=True)
         check_images(imgs, info, fps)
+        self.skipped = list(imgs.skipped)
         e, n, c = self.shape
         expect(n == info.images, f"{info.images} labels per epoch (one per image)", n)
         boxes = None
@@ -263,7 +268,23 @@ def read_replay(f) -> ReplayInfo:
 
 
 def check_images(images: ImageSet, info: ReplayInfo, fingerprints: bytes | None) -> None:
-    """Fail before training if ``images`` are not the ones the labels were made from."""
+    """Fail before training if ``images`` are not the ones the labels were made from.
+
+    Images left out as unreadable are fine when the readable ones are exactly the file's; otherwise
+    the first unreadable one is named (it is the likeliest cause).
+    """
+    try:
+        _check_images(images, info, fingerprints)
+    except SlcInputError:
+        if images.skipped:
+            bad = images.skipped[0]
+            more = f"; {len(images.skipped) - 1} more unreadable" if len(images.skipped) > 1 else ""
+            raise SlcInputError(f"expected a readable image (the labels were made with it), got {bad.name} "
+                                f"({bad.reason}){more} in {images.source}") from None
+        raise
+
+
+def _check_images(images: ImageSet, info: ReplayInfo, fingerprints: bytes | None) -> None:
     if fingerprints is not None:
         import hashlib
         import struct

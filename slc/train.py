@@ -74,17 +74,21 @@ def evaluate(model: torch.nn.Module, images: ImageSet, recipe: Recipe, device: t
     the student's top-5, and KL(teacher || student) at T. Whole images at the recipe's view; the
     student gets them resized to ``size`` as in training."""
     model.eval()
-    hits1 = hits5 = agree = agree5 = 0
+    hits1 = hits5 = agree = agree5 = classes = 0
     kl = 0.0
     for idx, xt, xs in _batches(images, recipe, batch, size):
         s = model(xs.to(device)).float()
-        top5 = s.topk(min(5, s.shape[1]), 1).indices
+        classes = s.shape[1]
+        top5 = s.topk(min(5, classes), 1).indices
         if targets is not None:
             t = torch.as_tensor(targets[idx], device=device)
             hits1 += int((top5[:, 0] == t).sum())
             hits5 += int((top5 == t[:, None]).any(1).sum())
         if teacher is not None:
             z = teacher_forward(teacher, xt.to(device))
+            if z.shape[1] != classes:
+                raise SlcInputError(f"expected the teacher's output width to stay {classes} (the label width), got "
+                                    f"{z.shape[1]} on a batch of {len(z)}")
             p = torch.log_softmax(z / temperature, 1)
             q = torch.log_softmax(s / temperature, 1)
             kl += float((p.exp() * (p - q)).sum())
@@ -92,10 +96,12 @@ def evaluate(model: torch.nn.Module, images: ImageSet, recipe: Recipe, device: t
             agree5 += int((top5 == z.argmax(1, keepdim=True)).any(1).sum())
     n = len(images)
     out: dict = {"images": n}
+    top5_means_something = classes > 5  # with 5 classes or fewer every class is in the top 5
     if targets is not None:
-        out.update(top1=hits1 / n, top5=hits5 / n)
+        out.update(top1=hits1 / n, **({"top5": hits5 / n} if top5_means_something else {}))
     if teacher is not None:
-        out.update(teacher_agreement=agree / n, teacher_top5=agree5 / n, kl_to_teacher=kl / n)
+        out.update(teacher_agreement=agree / n, kl_to_teacher=kl / n,
+                   **({"teacher_top5": agree5 / n} if top5_means_something else {}))
     return out
 
 
@@ -188,20 +194,90 @@ def save_checkpoint(path: str, *, identity: dict, epoch: int, rows: list, second
         torch.save(state, f)
 
 
+@dataclass
+class _Run:
+    """Everything checked and built before the first step; what the loop and the outputs need."""
+
+    ds: SoftLabelDataset
+    model: torch.nn.Module
+    device: torch.device
+    temperature: float
+    epochs: int
+    identity: dict
+    val_set: ImageSet | None = None
+    val_targets: np.ndarray | None = None
+    teacher: torch.nn.Module | None = None
+    heldout: ImageSet | None = None
+
+
+def _prepare(labels, images, cfg: TrainConfig, val, teacher, heldout, log: Callable[[str], None]) -> _Run:
+    """Open and check every input now: whatever would fail after an hour of training fails here."""
+    torch.manual_seed(cfg.seed)
+    ds = SoftLabelDataset(labels, images, temperature=cfg.temperature)
+    for bad in ds.skipped:
+        log(f"left out {bad.name} ({bad.reason}): the labels were made without it")
+    T = cfg.temperature or ds.file_temperature
+    epochs = cfg.epochs or ds.epochs
+    identity = run_identity(cfg, epochs, T, labels, ds.crops.images.digest())
+    recipe = ds.info.recipe
+    if cfg.size is not None:
+        if not 8 <= cfg.size <= 4096:
+            raise SlcInputError(f"expected a student input size in [8, 4096], got {cfg.size}")
+        ds.crops.size = cfg.size  # the teacher's crops, resized
+    if cfg.sampling not in ("cycle", "lpld"):
+        raise SlcInputError(f"expected sampling 'cycle' or 'lpld', got {cfg.sampling!r}")
+    device = resolve_device(cfg.device)
+    model = load_student(cfg.student, ds.classes, recipe.channels).to(device)
+    model.eval()  # a shape probe must not touch batch-norm statistics
+    with torch.no_grad():
+        width = model(ds[0][0][None].to(device)).shape[-1]
+    if width != ds.classes:
+        raise SlcInputError(f"expected a student with {ds.classes} outputs (the label width), got {width}")
+    run = _Run(ds, model, device, T, epochs, identity)
+    if val:
+        run.val_set = open_images(val)
+        run.val_targets = val_targets(run.val_set, ds.info.classes, ds.classes)
+    if teacher:
+        if not heldout:
+            raise SlcInputError("expected --heldout IMAGES with --teacher (images the student never saw)")
+        run.teacher = load_teacher(teacher).to(device)
+        run.heldout = open_images(heldout)
+        with torch.inference_mode():
+            width = teacher_forward(run.teacher, full_view(run.heldout, recipe, 0)[None].to(device)).shape[-1]
+        if width != ds.classes:
+            raise SlcInputError(f"expected a teacher with {ds.classes} outputs (the label width) to score the student "
+                                f"against, got {width} from {teacher}")
+    return run
+
+
 def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike,
                   cfg: TrainConfig | None = None, *, val: str | None = None, teacher: str | None = None,
                   heldout: str | None = None, force: bool = False, resume: bool = False,
                   log: Callable[[str], None] | None = None,
                   progress: Callable[[int, float, int], None] | None = None) -> dict:
-    """Train, evaluate, and write ``student.pt`` (state_dict), ``student.ts`` (TorchScript) and ``log.jsonl``.
+    """Train, write ``student.pt`` (state_dict), ``student.ts`` (TorchScript) and ``log.jsonl``, then evaluate.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (written after every epoch) if there is one;
-    the run's parameters, labels and images must be those of the interrupted run.
+    the run's parameters, labels and images must be those of the interrupted run. The student is
+    written before it is evaluated, so a failing evaluation never loses it; a run that fails before
+    writing anything leaves no ``out_dir`` behind.
     """
     cfg = cfg or TrainConfig()
-    log = log or (lambda line: None)
     out_dir = os.fspath(out_dir)
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _train(labels, images, out_dir, cfg, val, teacher, heldout, force, resume,
+                      log or (lambda line: None), progress)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only if still empty: a checkpoint or a student stays
+        raise
+
+
+def _train(labels, images, out_dir: str, cfg: TrainConfig, val, teacher, heldout, force: bool, resume: bool,
+           log: Callable[[str], None], progress) -> dict:
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("ckpt", "student.pt"), ("ts", "student.ts"), ("log", "log.jsonl"), ("result", "result.json"))}
     state_path = os.path.join(out_dir, CHECKPOINT)
@@ -217,40 +293,51 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
     force = force or state is not None
     for p in (*paths.values(), state_path):
         check_output(p, force)
-    torch.manual_seed(cfg.seed)
-    ds = SoftLabelDataset(labels, images, temperature=cfg.temperature)
-    T = cfg.temperature or ds.file_temperature
-    epochs = cfg.epochs or ds.epochs
-    identity = run_identity(cfg, epochs, T, labels, ds.crops.images.digest())
+    run = _prepare(labels, images, cfg, val, teacher, heldout, log)
     if state is not None:
-        check_identity(state["identity"], identity)
-    recipe = ds.info.recipe
-    if cfg.size is not None:
-        if not 8 <= cfg.size <= 4096:
-            raise SlcInputError(f"expected a student input size in [8, 4096], got {cfg.size}")
-        ds.crops.size = cfg.size  # the teacher's crops, resized
-    device = resolve_device(cfg.device)
-    model = load_student(cfg.student, ds.classes, recipe.channels).to(device)
-    model.eval()  # a shape probe must not touch batch-norm statistics
-    with torch.no_grad():
-        probe = model(ds[0][0][None].to(device))
-    if probe.shape[-1] != ds.classes:
-        raise SlcInputError(f"expected a student with {ds.classes} outputs (the label width), got {probe.shape[-1]}")
-    # checks that would otherwise fail after an hour of training
-    val_set = val_t = teach = held = None
-    if val:
-        val_set = open_images(val)
-        val_t = val_targets(val_set, ds.info.classes, ds.classes)
-    if teacher:
-        teach = load_teacher(teacher).to(device)
-        held = open_images(heldout) if heldout else None
-        if held is None:
-            raise SlcInputError("expected --heldout IMAGES with --teacher (images the student never saw)")
+        check_identity(state["identity"], run.identity)
+    rows, seconds = _fit(run, cfg, state, state_path, log, progress)
+    model = run.model.eval().cpu()
+    with atomic_output(paths["ckpt"], force) as f:
+        torch.save(model.state_dict(), f)
+    with atomic_output(paths["ts"], force) as f:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(torch.jit.script(model), f)
+    with atomic_output(paths["log"], force) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path)  # the student is in place: nothing left to resume
+    fsync_folder(state_path)
+    result: dict = {"config": asdict(cfg), "temperature": run.temperature, "epochs": run.epochs,
+                    "labels": os.fspath(labels), "train_seconds": seconds,
+                    "final_loss": rows[-1]["loss"] if rows else None}
+    model.to(run.device)
+    recipe = run.ds.info.recipe
+    try:
+        if run.val_set is not None:
+            result["val"] = evaluate(model, run.val_set, recipe, run.device, run.temperature,
+                                     targets=run.val_targets, size=cfg.size)
+        if run.teacher is not None and run.heldout is not None:
+            result["heldout"] = evaluate(model, run.heldout, recipe, run.device, run.temperature,
+                                         teacher=run.teacher, size=cfg.size)
+    except KeyboardInterrupt as e:
+        e.slc_hint = f"the trained student is in {paths['ckpt']} and {paths['ts']}; only its evaluation was cut short"
+        raise
+    with atomic_output(paths["result"], force) as f:
+        f.write(json.dumps(result, indent=2).encode())
+    return result
+
+
+def _fit(run: _Run, cfg: TrainConfig, state: dict | None, state_path: str, log: Callable[[str], None],
+         progress) -> tuple[list[dict], float]:
+    """The training loop, checkpointing for ``--resume``; returns the per-epoch rows and the seconds spent."""
+    ds, model, device, T, epochs = run.ds, run.model, run.device, run.temperature, run.epochs
     steps = epochs * math.ceil((len(ds) // ds.epochs) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    if cfg.sampling not in ("cycle", "lpld"):
-        raise SlcInputError(f"expected sampling 'cycle' or 'lpld', got {cfg.sampling!r}")
     if cfg.sampling == "lpld":
         sampler = BatchPoolSampler(ds, cfg.batch_size, cfg.seed)
         batches: dict = {"batch_sampler": sampler}
@@ -277,8 +364,8 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
     elif os.path.exists(state_path):  # a fresh run (--force): the old checkpoint is not this run's
         os.unlink(state_path)
     saved = first  # epochs finished and kept in the checkpoint
+    t_start = last_save = time.perf_counter()
     try:
-        t_start = last_save = time.perf_counter()
         for epoch in range(first, epochs):
             sampler.set_epoch(epoch)
             model.train()
@@ -302,36 +389,14 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
             # short epochs would spend their time writing checkpoints: at most one per checkpoint_every seconds
             if epoch + 1 < epochs and time.perf_counter() - last_save >= cfg.checkpoint_every:
                 with signals_deferred():  # a SIGTERM right after the rename must not report "no checkpoint"
-                    save_checkpoint(state_path, identity=identity, epoch=epoch, rows=rows,
+                    save_checkpoint(state_path, identity=run.identity, epoch=epoch, rows=rows,
                                     seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
                                     device=device)
                     saved, last_save = epoch + 1, time.perf_counter()
-            log(json.dumps(row))
-        result: dict = {"config": asdict(cfg), "temperature": T, "epochs": epochs, "labels": os.fspath(labels),
-                        "train_seconds": before + time.perf_counter() - t_start,
-                        "final_loss": rows[-1]["loss"] if rows else None}
-        if val_set is not None:
-            result["val"] = evaluate(model, val_set, recipe, device, T, targets=val_t, size=cfg.size)
-        if teach is not None and held is not None:
-            result["heldout"] = evaluate(model, held, recipe, device, T, teacher=teach, size=cfg.size)
-        model.eval().cpu()
-        with atomic_output(paths["ckpt"], force) as f:
-            torch.save(model.state_dict(), f)
-        with atomic_output(paths["ts"], force) as f:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.jit.save(torch.jit.script(model), f)
-        with atomic_output(paths["log"], force) as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
-        with atomic_output(paths["result"], force) as f:
-            f.write(json.dumps(result, indent=2).encode())
+            log(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, {row['images_per_s']:.0f} images/s, "
+                f"lr {row['lr']:.3g}")
     except KeyboardInterrupt as e:
         e.slc_hint = (f"{saved} of {epochs} epochs are done and kept in {state_path}; rerun the same command with "
                       "--resume to continue" if saved else "no epoch finished, so no checkpoint was written")
         raise
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state_path)  # the final outputs are in place: nothing left to resume
-    fsync_folder(state_path)
-    return result
+    return rows, before + time.perf_counter() - t_start
