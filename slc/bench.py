@@ -157,6 +157,8 @@ def run_bench(labels, cfg: BenchConfig = BenchConfig(), *, workdir: str | None =
                 tmp.cleanup()
     finally:
         src.close()
+    if rows and all("error" in r for r in rows):
+        raise nothing_reachable(rows, cfg.ratios)
     result = {"config": asdict(cfg), "labels": src.name, "shape": [e_count, n, c], "source": kind,
               "temperatures": list(temps), "holdout_start": start, "rows": rows, "refused": bad}
     mark_front(result)
@@ -185,7 +187,7 @@ def bench_row(src, kind: str, spec: Spec, ratio: float | None, temps, refs: dict
                          chunk_size=cfg.chunk_size, seed=cfg.seed, force=True, prune=prune, fit_samples=start, **kw)
         except SlcError as e:
             row["error"] = str(e)
-            log(f"{label}: {e}")
+            log(f"{label}: {short_error(str(e)) if UNREACHABLE.search(str(e)) else e}")
             return row
         wall = time.perf_counter() - t0
         fid, dec_s, decoded = score(path, refs[t])
@@ -201,6 +203,19 @@ def bench_row(src, kind: str, spec: Spec, ratio: float | None, temps, refs: dict
             os.unlink(path)
     log(f"{label}: {row['ratio']:.1f}x " + " ".join(f"KL@T{t:g}={v:.4g}" for t, v in row["kl"].items()))
     return row
+
+
+def nothing_reachable(rows: list[dict], ratios) -> SlcInputError:
+    """One error for a bench where no codec made any file: the best ratio any of them could reach."""
+    nearest = [float(m.group(1)[:-1]) for r in rows if not r["pruned"] and (m := UNREACHABLE.search(r["error"]))]
+    if nearest:
+        way = f"the highest any codec reaches is {max(nearest):.1f}x: bench lower ratios"
+    elif all("keep them dense" in r["error"] for r in rows if not r["pruned"]):
+        way = "no codec makes a file smaller than the dense labels (the sections around them take more): keep them fp16"
+    else:
+        way = f"{rows[0]['codec']}: {rows[0]['error']}"
+    return SlcInputError(f"expected labels that some codec can compress to the ratios asked "
+                         f"({', '.join(f'{r:g}x' for r in ratios)}), got none reachable; {way}")
 
 
 def pareto(rows: list[dict], t: float) -> set[int]:
@@ -285,9 +300,12 @@ def _rate(v: float | None) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
 
 
+UNREACHABLE = re.compile(r"nearest reachable (?:ratio )?is ([0-9.]+x)")
+
+
 def short_error(message: str) -> str:
     """A table cell for a row that could not be made; the full message is in the JSON and the log."""
-    m = re.search(r"nearest reachable (?:ratio )?is ([0-9.]+x)", message)
+    m = UNREACHABLE.search(message)
     return f"unreachable (max {m.group(1)})" if m else message[:40] + ("..." if len(message) > 40 else "")
 
 
@@ -348,13 +366,10 @@ def markdown(result: dict, students: bool = False) -> str:
 
 def plot(result: dict, path: str, force: bool = False) -> None:
     """KL against bytes, one line per codec, a panel per temperature (and one for students)."""
-    import matplotlib
+    from .plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
-
-    from .atomic import atomic_output
 
     temps = result["temperatures"]
     students = any("student" in r for r in result["rows"])
@@ -374,7 +389,8 @@ def plot(result: dict, path: str, force: bool = False) -> None:
                title=f"rate-distortion, T={t:g} (held out)")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2x10^5, 3x10^5... overlap
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:  # a legend of nothing warns
+        axes[0][0].legend(fontsize=8)
     if students:
         ax = axes[0][-1]
         for codec, rows in by_codec.items():
@@ -392,6 +408,4 @@ def plot(result: dict, path: str, force: bool = False) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"slc bench: {os.path.basename(result['labels'])} {tuple(result['shape'])}")
     fig.tight_layout()
-    with atomic_output(path, force) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, force)

@@ -106,29 +106,21 @@ def take_per_class(src: Path, per_class: int, out: str) -> None:
         np.savez(f, images=images[keep], labels=labels[keep])
 
 
-def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool = False,
+def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool = False, resume: bool = False,
              hooks: Hooks | None = None) -> dict:
-    """Run the pipeline into ``out_dir``; returns the table as a dict (also ``demo.json``)."""
-    from .breakdown import breakdown
-    from .compress import compress
-    from .encode import encode
-    from .evaluate import fidelity_against
-    from .reader import open_slc
-    from .teacher import load_teacher
-    from .train import TrainConfig, train_student
+    """Run the pipeline into ``out_dir``; returns the table as a dict (also ``demo.json``).
 
+    ``resume``: continue an interrupted demo in ``out_dir`` (same config): finished files are
+    reused, an interrupted encode, compress or student continues from its last chunk or epoch.
+    """
+    from .plotting import require_matplotlib
+
+    require_matplotlib("the demo's plot")
     hooks = hooks or Hooks()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SlcInputError(f"expected a folder for the demo's files, got the file {out}")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SlcInputError(f"expected a new or empty folder, got {out} with files in it; pass --force to overwrite "
-                            "what the demo writes there")
-    out.mkdir(parents=True, exist_ok=True)
-    report = {k: out / f"demo.{k}" for k in ("json", "md", "png")}
-    force = True  # from here on the folder is the demo's
-    hooks.log(f"slc demo{' --quick' if cfg == QUICK else ''}: {'about 2' if cfg == QUICK else 'under 10'} minutes on "
-              f"2 CPU cores; everything goes to {out}/")
+    _claim_folder(out, cfg, force, resume)
+    hooks.log(f"slc demo{' --quick' if cfg == QUICK else ''}: {'about 1 minute' if cfg == QUICK else 'about 8 minutes'} on "
+              f"2 idle CPU cores; everything goes to {out}/" + (" (resuming)" if resume else ""))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -144,48 +136,16 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool 
     hooks.log(f"teacher: EfficientNet-Lite0 (ImageNet-1k) -> {teacher_path}; images: {10 * cfg.per_class} "
               f"Fashion-MNIST (+{cfg.heldout} held out)")
     timed("setup", t0)
-
     t0 = time.perf_counter()
-    recipe = Recipe(seed=cfg.seed, size=cfg.size, invert=True, **TEACHER_NORM)
-    n_labels = 10 * cfg.per_class * cfg.epochs
-    fp16 = os.fspath(out / "labels-fp16.slc")
-    encode(load_teacher(os.fspath(teacher_path)), images, fp16, recipe=recipe, epochs=cfg.epochs, codec="fp16",
-           temperature=cfg.temperature, force=True, log=hooks.log,
-           progress=hooks.written(n_labels, "encode", "crop"))
+    files = _label_files(out, cfg, teacher_path, images, resume, hooks)
     timed("encode", t0)
-    files = [("fp16", fp16)]
     t0 = time.perf_counter()
-    for r in cfg.ratios:
-        path = os.fspath(out / f"labels-{r:g}x.slc")
-        compress(fp16, path, temperature=cfg.temperature, ratio=r, seed=cfg.seed, force=True, log=hooks.log,
-                 fit_progress=hooks.fit, progress=hooks.written(n_labels, f"compress {r:g}x", "label"))
-        files.append((f"{r:g}x", path))
+    files += _compressed_files(out, cfg, files[0][1], resume, hooks)
     timed("compress", t0)
-
-    rows: list[dict[str, Any]] = []
-    for name, path in files:
-        with open_slc(path) as f:
-            info = breakdown(f)
-            fid = fidelity_against(f, fp16) if name != "fp16" else None
-        hooks.stage("inspect", info)
-        rows.append({"labels": name, "codec": info["codec"], "bytes": info["bytes"],
-                     "ratio": info["ratio_vs_fp16"], "label_kl": fid["kl"] if fid else 0.0,
-                     "label_top1": fid["top1_agreement"] if fid else 1.0, "path": path})
-    rows.insert(0, dict(rows[0], labels=LABEL_ROWS[0], codec="argmax", label_kl=None, label_top1=None))
-    rows[1]["labels"] = LABEL_ROWS[1]
-
+    rows = _inspected_rows(files, hooks)
     t0 = time.perf_counter()
     for row in rows:
-        hard = row["labels"] == LABEL_ROWS[0]
-        tc = TrainConfig(student=cfg.student, epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                         size=cfg.student_size, seed=cfg.seed, hard=hard)
-        run_dir = out / ("student-hard" if hard else f"student-{row['labels'].split()[0]}")
-        seen = cfg.train_epochs * 10 * cfg.per_class  # images the student sees
-        res = train_student(row["path"], images, run_dir, tc, teacher=os.fspath(teacher_path), heldout=heldout,
-                            force=True, progress=hooks.trained(row["labels"], seen))
-        h = res["heldout"]
-        row.update(agreement=h["teacher_agreement"], top5=h["teacher_top5"], student_kl=h["kl_to_teacher"],
-                   train_seconds=res["train_seconds"])
+        _train_row(row, out, cfg, teacher_path, images, heldout, resume, hooks)
     timed("students", t0)
     floor_kl, ceil_kl = rows[0]["student_kl"], rows[1]["student_kl"]
     for row in rows:
@@ -195,12 +155,120 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool 
         row["path"] = os.path.relpath(row["path"], out)
     timings["total"] = round(time.perf_counter() - t_start, 1)
     result = {"config": asdict(cfg), "rows": rows, "seconds": timings, "threads": torch.get_num_threads()}
-    with atomic_output(os.fspath(report["json"]), force) as f:
-        f.write(json.dumps(result, indent=2).encode())
-    with atomic_output(os.fspath(report["md"]), force) as f:
-        f.write(markdown(result).encode())
-    plot(result, os.fspath(report["png"]), force)
+    _write_report(out, result)
     return result
+
+
+CONFIG = "demo.config.json"
+
+
+def _claim_folder(out: Path, cfg: DemoConfig, force: bool, resume: bool) -> None:
+    """A new or empty folder; a full one with ``force``, or with ``resume`` if its demo had this config."""
+    if out.exists() and not out.is_dir():
+        raise SlcInputError(f"expected a folder for the demo's files, got the file {out}")
+    if resume and (out / CONFIG).is_file():
+        then = json.loads((out / CONFIG).read_text())
+        if then != json.loads(json.dumps(asdict(cfg))):
+            quick = "--quick" if then.get("per_class") == QUICK.per_class else "no --quick"
+            raise SlcInputError(f"expected the settings of the demo interrupted in {out}, got others; rerun it with "
+                                f"{quick}, or start over with --force")
+    elif out.is_dir() and any(out.iterdir()) and not force:
+        raise SlcInputError(f"expected a new or empty folder, got {out} with files in it; pass --resume to continue "
+                            "an interrupted demo there, or --force to overwrite what the demo writes")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(os.fspath(out / CONFIG), True) as f:
+        f.write(json.dumps(asdict(cfg), indent=2).encode())
+
+
+def _done(path: str, resume: bool, hooks: Hooks) -> bool:
+    """Whether a finished output of an interrupted demo can be reused (outputs appear only when complete)."""
+    if resume and os.path.exists(path):
+        hooks.log(f"resume: {os.path.basename(path)} is finished, reusing it")
+        return True
+    return False
+
+
+def _label_files(out: Path, cfg: DemoConfig, teacher_path: Path, images: str, resume: bool,
+                 hooks: Hooks) -> list[tuple[str, str]]:
+    """``slc encode``: the teacher's labels, dense fp16 (the ceiling, and what the others are made from)."""
+    from .encode import encode
+    from .teacher import load_teacher
+
+    fp16 = os.fspath(out / "labels-fp16.slc")
+    if not _done(fp16, resume, hooks):
+        recipe = Recipe(seed=cfg.seed, size=cfg.size, invert=True, **TEACHER_NORM)
+        encode(load_teacher(os.fspath(teacher_path)), images, fp16, recipe=recipe, epochs=cfg.epochs, codec="fp16",
+               temperature=cfg.temperature, force=True, resume=resume, log=hooks.log,
+               progress=hooks.written(10 * cfg.per_class * cfg.epochs, "encode", "crop"))
+    return [("fp16", fp16)]
+
+
+def _compressed_files(out: Path, cfg: DemoConfig, fp16: str, resume: bool, hooks: Hooks) -> list[tuple[str, str]]:
+    """``slc compress``: the fp16 labels re-coded at each ratio (the default codec)."""
+    from .compress import compress
+
+    files = []
+    for r in cfg.ratios:
+        path = os.fspath(out / f"labels-{r:g}x.slc")
+        if not _done(path, resume, hooks):
+            compress(fp16, path, temperature=cfg.temperature, ratio=r, seed=cfg.seed, force=True, resume=resume,
+                     log=hooks.log, fit_progress=hooks.fit,
+                     progress=hooks.written(10 * cfg.per_class * cfg.epochs, f"compress {r:g}x", "label"))
+        files.append((f"{r:g}x", path))
+    return files
+
+
+def _inspected_rows(files: list[tuple[str, str]], hooks: Hooks) -> list[dict[str, Any]]:
+    """``slc inspect`` of every file, and the table's rows: the hard-label floor first."""
+    from .breakdown import breakdown
+    from .evaluate import fidelity_against
+    from .reader import open_slc
+
+    fp16 = files[0][1]
+    rows: list[dict[str, Any]] = []
+    for name, path in files:
+        with open_slc(path) as f:
+            info = breakdown(f)
+            fid = fidelity_against(f, fp16) if name != "fp16" else None
+        hooks.stage("inspect", info)
+        rows.append({"labels": name, "codec": info["codec"], "bytes": info["bytes"],
+                     "ratio": info["ratio_vs_fp16"], "label_kl": fid["kl"] if fid else 0.0,
+                     "label_top1": fid["top1_agreement"] if fid else 1.0, "path": path})
+    # the floor trains on the argmax of the fp16 labels: no label file of its own, so no bytes
+    rows.insert(0, dict(rows[0], labels=LABEL_ROWS[0], codec="argmax", bytes=None, ratio=None, label_kl=None,
+                        label_top1=None))
+    rows[1]["labels"] = LABEL_ROWS[1]
+    return rows
+
+
+def _train_row(row: dict, out: Path, cfg: DemoConfig, teacher_path: Path, images: str, heldout: str, resume: bool,
+               hooks: Hooks) -> None:
+    """``slc train-student`` on one row's labels, scored against the teacher on the held-out images."""
+    from .train import TrainConfig, train_student
+
+    hard = row["labels"] == LABEL_ROWS[0]
+    run_dir = out / ("student-hard" if hard else f"student-{row['labels'].split()[0]}")
+    done = run_dir / "result.json"
+    if _done(os.fspath(done), resume, hooks):
+        res = json.loads(done.read_text())
+    else:
+        tc = TrainConfig(student=cfg.student, epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                         size=cfg.student_size, seed=cfg.seed, hard=hard)
+        seen = cfg.train_epochs * 10 * cfg.per_class  # images the student sees
+        res = train_student(row["path"], images, run_dir, tc, teacher=os.fspath(teacher_path), heldout=heldout,
+                            force=True, resume=resume, progress=hooks.trained(row["labels"], seen))
+    h = res["heldout"]
+    row.update(agreement=h["teacher_agreement"], top5=h.get("teacher_top5"), student_kl=h["kl_to_teacher"],
+               train_seconds=res["train_seconds"])
+
+
+def _write_report(out: Path, result: dict) -> None:
+    report = {k: os.fspath(out / f"demo.{k}") for k in ("json", "md", "png")}
+    with atomic_output(report["json"], True) as f:
+        f.write(json.dumps(result, indent=2).encode())
+    with atomic_output(report["md"], True) as f:
+        f.write(markdown(result).encode())
+    plot(result, report["png"], True)
 
 
 HEADER = ["labels", "codec", "bytes", "ratio", "label KL", "agree", "top-5", "student KL", "kept"]
@@ -215,7 +283,8 @@ def columns(row: dict) -> list[str]:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    return [row["labels"], row["codec"], f"{row['bytes']:,}", f"{row['ratio']:.1f}x",
+    return [row["labels"], row["codec"], "-" if row["bytes"] is None else f"{row['bytes']:,}",
+            "-" if row["ratio"] is None else f"{row['ratio']:.1f}x",
             "-" if row["label_kl"] is None else f"{row['label_kl']:.3f}", pct(row["agreement"]), pct(row["top5"]),
             f"{row['student_kl']:.3f}", pct(row["kept"])]
 
@@ -228,10 +297,9 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: str, force: bool) -> None:
     """Student agreement and KL to the teacher against file bytes; floor and ceiling as lines."""
-    import matplotlib
+    from .plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rows"]
     floor, ceil, coded = rows[0], rows[1], rows[2:]
@@ -251,6 +319,4 @@ def plot(result: dict, path: str, force: bool) -> None:
     axes[0].legend()
     fig.suptitle("slc demo: EfficientNet-Lite0 labels on Fashion-MNIST, student quality vs bytes")
     fig.tight_layout()
-    with atomic_output(path, force) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path, force, dpi=120)

@@ -171,13 +171,9 @@ def token_markdown(result: dict) -> str:
 
 def token_plot(result: dict, path: str, force: bool = False) -> None:
     """KL against bytes per token: the file rows, and bf16 + int32 top-k' at the same bytes."""
-    import matplotlib
+    from .plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomic import atomic_output
-
+    plt = pyplot()
     ok = [r for r in result["rows"] if "error" not in r]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, pick in (("topk-vq, VQAE values", lambda r: r["params"]["values"] == "vqae"),
@@ -195,9 +191,7 @@ def token_plot(result: dict, path: str, force: bool = False) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_output(path, force) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, force)
 
 
 __all__ = ["DEFAULT_ROWS", "run_token_bench", "token_markdown", "token_plot", "token_columns", "HEADER"]

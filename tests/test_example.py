@@ -1,8 +1,10 @@
 """The README's main job: the built-in real example end to end (real teacher, real images, real CLI)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,10 +35,24 @@ def test_quickstart_end_to_end(tmp_path):
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    """`slc demo --quick`: real teacher, real images, encode, compress, inspect, five students, table, plot."""
+    """`slc demo --quick`: real teacher, real images, encode, compress, inspect, five students, table, plot.
+
+    Interrupted once (Ctrl-C) after the labels are made, then continued as the hint says, with --resume.
+    """
     out = tmp_path / "demo"
-    p = subprocess.run([sys.executable, "-m", "slc", "demo", "--quick", "-o", str(out)], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "slc", "demo", "--quick", "-o", str(out)]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    t0 = time.monotonic()
+    while not (out / "labels-fp16.slc").exists() and first.poll() is None and time.monotonic() - t0 < 600:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    err = first.communicate(timeout=120)[1]
+    assert first.returncode == 130 and "rerun the same command with --resume" in err, err[-2000:]
+    again = subprocess.run(cmd, capture_output=True, text=True)  # the folder is the interrupted demo's
+    assert again.returncode == 1 and "--resume" in again.stderr and again.stderr.count("\n") == 1
+    p = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "resume: labels-fp16.slc is finished, reusing it" in p.stderr
     result = json.loads((out / "demo.json").read_text())
     rows = {r["labels"]: r for r in result["rows"]}
     assert list(rows) == ["hard (floor)", "fp16 (ceiling)", "10x", "40x", "100x"]
@@ -50,11 +66,11 @@ def test_demo_quick_end_to_end(tmp_path):
     # soft labels beat hard ones even in two minutes: the floor and the ceiling are apart
     assert rows["fp16 (ceiling)"]["student_kl"] < rows["hard (floor)"]["student_kl"]
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| hard (floor) | argmax |" in (out / "demo.md").read_text()
     assert "ceiling" in p.stdout and "inspect labels-40x.slc" in p.stderr
     for name in ("labels-fp16.slc", "labels-40x.slc"):
         subprocess.run([sys.executable, "-m", "slc", "verify", str(out / name)], check=True, capture_output=True)
     # a folder with files in it is never overwritten without --force
-    again = subprocess.run([sys.executable, "-m", "slc", "demo", "--quick", "-o", str(out)], capture_output=True,
-                           text=True)
+    again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "--force" in again.stderr
+    # the floor trains on the fp16 labels' argmax: it has no file, so no bytes of its own
+    assert rows["hard (floor)"]["bytes"] is None and "| hard (floor) | argmax | - | - |" in (out / "demo.md").read_text()
