@@ -35,10 +35,11 @@ def breakdown(f: SlcFile) -> dict:
     return {
         "replay": replay, "tokens": token_summary(f),
         "path": f.path, "format_version": f"{f.layout.major}.{f.layout.minor}", "writer": h.writer,
-        "codec": h.codec, "codec_params": {k: v for k, v in h.codec_params.items() if k != "fit"},
-        "fit": h.codec_params.get("fit", {}),
+        "codec": h.codec, "codec_params": _without_fit(h.codec_params),
+        "fit": h.codec_params.get("fit") or h.codec_params.get("vq", {}).get("fit", {}),
         "epochs": h.epochs, "samples": h.samples, "classes": h.classes, "labels": labels,
         "temperature": h.temperature, "source": h.source, "chunk_size": h.chunk_size, "chunks": len(f.index),
+        "labels_per_chunk": [min(c.count for c in f.index), max(c.count for c in f.index)] if f.index else [0, 0],
         "entropy": h.entropy, "bytes": size, "sections": rows,
         "bits_per_label": 8 * size / labels, "payload_bits_per_label": 8 * chunks / labels,
         "zstd_saving": 1 - chunks / raw if raw else 0.0,
@@ -47,6 +48,11 @@ def breakdown(f: SlcFile) -> dict:
         "same_bytes_topk_k": topk_k, "same_bytes_pca_components": pca_k,
         "overhead_bytes": PREAMBLE.size + ENTRY.size * len(f.layout.sections),
     }
+
+
+def _without_fit(params: dict) -> dict:
+    """Codec parameters without their fit records (provenance, shown apart), at any depth."""
+    return {k: _without_fit(v) if isinstance(v, dict) else v for k, v in params.items() if k != "fit"}
 
 
 def token_summary(f: SlcFile) -> dict | None:

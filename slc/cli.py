@@ -45,8 +45,16 @@ def one_line(message: str) -> str:
 def progress_bar(total: int, desc: str, unit: str = "label"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True,
-                disable=None, smoothing=0.1)
+    # counts stay integers (unit_scale would print "85.0/500"); throughput and ETA come with the bar
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None, smoothing=0.1)
+
+
+def human_bytes(n: int) -> str:
+    """``812 B``, ``35.7 KB``, ``1.6 MB``: sizes a small file and a large one both show."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def console(wide: bool = False):
@@ -71,9 +79,10 @@ def codec_options(fn):
                           "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly. "
                           "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32. "
                           "Token-level LM labels: topk-vq (--param k=64 m=8 codes=256 values=vqae|bf16 "
-                          "tail=prior|uniform|mr|mrs prior_weight=0.99)."),
-        click.option("-T", "--temperature", type=float, default=1.0, show_default=True,
-                     help="Temperature the student will train at; stored in the file, fidelity is measured at it."),
+                          "tail=capped|prior|uniform|mr|mrs prior_weight=0.99; capped is the default)."),
+        click.option("-T", "--temperature", type=float,
+                     help="Temperature the student will train at; stored in the file, fidelity is measured at it "
+                          "[default: an input .slc's own, else 1]."),
         click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40]."),
         click.option("--budget", help="Target file size, e.g. 120MB or 1.5GiB."),
         click.option("--k", "k", type=int, help="Codebook size (VQAE) or kept classes (top-k)."),
@@ -146,8 +155,11 @@ class Reporter:
         self.bars: dict = {}
 
     def log(self, line: str) -> None:
+        """A line above the progress bars (tqdm redraws them below it), never through one."""
         if not self.quiet:
-            click.echo(line, err=True)
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
 
     def fit(self, step: int, total: int, loss: float) -> None:
         if self.quiet:
@@ -176,8 +188,8 @@ class Reporter:
             b = self.bar(desc, total, unit)
             if advance:
                 b.update(count)
-            b.set_postfix_str(f"{written / 1e6:.1f} MB written, {dense / max(written, 1):.1f}x vs fp16 "
-                              f"({dense / 1e6:.0f} MB)", refresh=False)
+            b.set_postfix_str(f"{human_bytes(written)} written, {dense / max(written, 1):.1f}x vs fp16 "
+                              f"({human_bytes(dense)})", refresh=not count)  # count 0: the final size
 
         return progress
 
@@ -247,7 +259,7 @@ def compress(labels, output, source, prune, indices, vocab, seq, token_ids, seed
         rep.close()
         src.close()
     click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 "
-               f"({result.source}, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
+               f"({result.source}, T={result.temperature:g}, codec {result.codec})", err=True)
 
 
 def load_int_array(path: str | None, what: str):
@@ -362,7 +374,7 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
         rep.close()
         imgs.close()
     click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 labels "
-               f"({epochs} epochs x {len(imgs)} images, T={kwargs['temperature']:g}, codec {result.codec})", err=True)
+               f"({epochs} epochs x {len(imgs)} images, T={result.temperature:g}, codec {result.codec})", err=True)
 
 
 @cli.command("encode-lm")
@@ -375,8 +387,8 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
               "teacher's context].")
 @click.option("-T", "--temperature", type=float, default=1.0, show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="topk-vq parameter: k (64), m (8), codes (256), values (vqae|bf16), tail (prior|uniform|mr|mrs), "
-                   "prior_weight (0.99). Repeatable.")
+              help="topk-vq parameter: k (64), m (8), codes (256), values (vqae|bf16), "
+                   "tail (capped|prior|uniform|mr|mrs; capped), prior_weight (0.99). Repeatable.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled checkpoint (runs arbitrary code!).")
 @click.option("--chunk-size", type=int, help="Tokens per chunk (also the unit of --resume) [default: 4096, fewer "
@@ -411,8 +423,13 @@ def encode_lm(teacher, text, output, vocab_file, seq_len, temperature, params, d
                      on_tokens=None if quiet else lambda n, total: rep.bar("teacher", total, "token").update(n))
     finally:
         rep.close()
+    from .breakdown import token_summary
+    from .reader import open_slc
+
+    with open_slc(output) as f:  # per-token figures computed as `slc inspect` computes them
+        tk = token_summary(f)
     click.echo(f"wrote {output}: {result.bytes:,} bytes for {result.labels:,} tokens, "
-               f"{result.bytes / result.labels:.1f} B/token, {result.ratio:.0f}x vs dense fp16 (T={temperature:g}, "
+               f"{tk['bytes_per_token']:.2f} B/token, {tk['ratio_vs_fp16']:.0f}x vs dense fp16 (T={temperature:g}, "
                f"codec {result.codec})", err=True)
 
 
@@ -435,7 +452,7 @@ def encode_lm(teacher, text, output, vocab_file, seq_len, temperature, params, d
 @click.option("--hard", is_flag=True, help="Train on the labels' argmax with cross-entropy: the hard-label floor.")
 @click.option("--size", type=int, help="Student input size: the teacher's crops resized to it [default: as encoded].")
 @click.option("--sampling", type=click.Choice(["cycle", "lpld"]), default="cycle", show_default=True,
-              help="cycle: stored epoch e %% E in order. lpld: each epoch draws stored batches at random from all "
+              help="cycle: stored epoch e % E in order. lpld: each epoch draws stored batches at random from all "
                    "stored epochs (LPLD's sampling; for pruned files).")
 @click.option("--val", help="ImageFolder with ground-truth classes: top-1/top-5 accuracy.")
 @click.option("--teacher", help="TorchScript teacher: agreement and KL to it on --heldout images.")
@@ -548,7 +565,8 @@ def inspect(file, against, as_json):
     con.print(f"[bold]{file}[/bold]  .slc v{info['format_version']}  written by {info['writer']}")
     con.print(f"{info['epochs']} epochs x {info['samples']} samples x {info['classes']} classes "
               f"= {info['labels']:,} labels from {info['source']} at T={info['temperature']:g}; "
-              f"codec {info['codec']} ({p}); {info['chunks']} chunks of {info['chunk_size']}, entropy {info['entropy']}")
+              f"codec {info['codec']} ({p}); {info['chunks']} chunks of {chunk_labels(*info['labels_per_chunk'])}, "
+              f"entropy {info['entropy']}")
     if info["replay"]:
         rp, r = info["replay"], info["replay"]["recipe"]
         how = (f"stored boxes, {rp['box_bytes_per_label']:.0f} B/label" if r["boxes"] == "stored"
@@ -599,6 +617,10 @@ def inspect(file, against, as_json):
         t.add_row(f"{fid['labels']:,}", f"{fid['kl']:.5f}", f"{100 * fid['top1_agreement']:.2f}%",
                   f"{100 * fid['top5_overlap']:.2f}%")
         con.print(t)
+
+
+def chunk_labels(lo: int, hi: int) -> str:
+    return f"{lo:,} labels" if lo == hi else f"{lo:,}-{hi:,} labels"
 
 
 # --------------------------------------------------------------------------- verify
@@ -696,13 +718,18 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
         slc bench labels-fp16.slc --ratios 10,40,100 -T 1 -T 4 --plot rd.png
         slc bench lm_logp.npy --tokens --rows "k=16;k=64;k=20,values=bf16" --plot tokens.png
     """
-    from .bench import DEFAULT_CODECS, BenchConfig, columns, header, markdown, plot, run_bench, train_students
+    from .bench import (DEFAULT_CODECS, UNREACHABLE, BenchConfig, columns, header, markdown, plot, run_bench,
+                        train_students)
     from .errors import SlcInputError
     from .resume import preflight
 
     for path in (plot_path, md_path, None if json_path == "-" else json_path):
         if path:
             preflight(path, force, False)
+    if plot_path:
+        from .plotting import require_matplotlib
+
+        require_matplotlib("--plot")
     if tokens:
         if codecs or student_images or temperatures:
             raise SlcInputError("expected --rows (not --codecs, --student or -T) with --tokens")
@@ -751,9 +778,9 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
     con.print(t)
     for line in result["verdicts"]:
         con.print(line)
-    for r in result["rows"]:
-        if "error" in r:
-            con.print(f"{r['codec']} {r['target']:g}x: {r['error']}")
+    for r in result["rows"]:  # the table says "unreachable (max ...)"; other errors in full
+        if "error" in r and not UNREACHABLE.search(r["error"]):
+            con.print(f"{r['codec']} {r['target'] or 1:g}x: {r['error']}")
     for r in result["refused"]:
         con.print(f"refused: {r['error']}")
     write_results(result, plot_path and (lambda: plot(result, plot_path, force)), md_path,
@@ -765,8 +792,6 @@ def write_results(result: dict, plot, md_path: str | None, md_text: str | None, 
     """The PNG, markdown and JSON outputs of a bench (``-`` for JSON on stdout)."""
     from .atomic import atomic_output
 
-    if plot:
-        plot()
     if md_path:
         with atomic_output(md_path, force) as f:
             f.write(md_text.encode())
@@ -777,6 +802,8 @@ def write_results(result: dict, plot, md_path: str | None, md_text: str | None, 
         else:
             with atomic_output(json_path, force) as f:
                 f.write(text.encode())
+    if plot:  # last: the tables are written even if drawing fails
+        plot()
 
 
 def keep_folder(path: str, force: bool) -> None:
@@ -819,17 +846,19 @@ def bench_tokens(labels, rows, holdout, source, fit_steps, fit_labels, seed, kee
 # --------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("-o", "--out-dir", default="slc-demo", show_default=True, help="Folder for every file the demo makes.")
-@click.option("--quick", is_flag=True, help="A smaller run (about 2 minutes) that checks the pipeline end to end.")
+@click.option("--quick", is_flag=True, help="A smaller run (about 1 minute on 2 idle cores) that checks the "
+              "pipeline end to end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--force", is_flag=True, help="Reuse a folder that is not empty, overwriting what the demo writes.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out-dir: finished steps are kept.")
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
-def demo(out_dir, quick, as_json, force, quiet):
+def demo(out_dir, quick, as_json, force, resume, quiet):
     """The whole pipeline on real data: teacher, encode, compress, inspect, students, table, plot.
 
     A pretrained EfficientNet-Lite0 relabels real Fashion-MNIST images; the labels are stored dense
     (fp16) and re-coded 10x, 40x and 100x; the same student trains on each and on hard labels, and
-    is scored against the teacher on held-out images. Under 10 minutes on 2 CPU cores.
+    is scored against the teacher on held-out images. About 8 minutes on 2 idle CPU cores.
     """
     from .demo import FULL, QUICK, HEADER, Hooks, columns, run_demo
 
@@ -858,7 +887,11 @@ def demo(out_dir, quick, as_json, force, quiet):
                     f"fp16, codec {info['codec']}, {info['bits_per_label']:.1f} bits/label ({parts})")
 
     try:
-        result = run_demo(out_dir, cfg, force=force, hooks=CliHooks())
+        result = run_demo(out_dir, cfg, force=force, resume=resume, hooks=CliHooks())
+    except KeyboardInterrupt as e:
+        e.slc_hint = (f"what is finished is kept in {out_dir}/; rerun the same command with --resume to continue "
+                      "(--force starts over)")
+        raise
     finally:
         rep.close()
     if as_json:

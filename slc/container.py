@@ -108,8 +108,19 @@ class Layout:
     sections: dict[str, Section]
 
 
+# Files people pass to a command that wants an .slc: named, so the error says what to do instead.
+OTHER_FORMATS = ((b"\x93NUMPY", "an .npy array (labels: `slc compress` makes an .slc from them)"),
+                 (b"\x89HDF\r\n\x1a\n", "an HDF5 file (labels: `slc compress FILE.h5:/dataset` makes an .slc)"),
+                 (b"PK\x03\x04", "a zip archive (.npz, or a torch.save / TorchScript model)"),
+                 (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"))
+
+
 def read_layout(f: BinaryIO) -> Layout:
     """Validate the preamble and the section table; read no section bodies."""
+    f.seek(0)
+    head = f.read(len(MAGIC))
+    for magic, what in OTHER_FORMATS:
+        expect(not head.startswith(magic), f"an .slc file (magic {MAGIC!r})", what)
     f.seek(0, os.SEEK_END)
     size = f.tell()
     expect(size >= PREAMBLE.size, f"a file of at least {PREAMBLE.size} bytes", f"{size} bytes")

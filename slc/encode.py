@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import nullcontext
+from dataclasses import fields
 from typing import Callable, Iterator
 
 import numpy as np
@@ -103,6 +104,21 @@ class TeacherSource(LabelSource):
             yield e, s * rows, block
 
 
+def crop_recipe(recipe: Recipe | None, crop: dict) -> Recipe:
+    """``recipe``, or one made from :class:`Recipe` fields given as keywords (``aspect`` for its ``ratio``)."""
+    if not crop:
+        return recipe or Recipe()
+    if recipe is not None:
+        raise TypeError(f"encode() takes recipe= or crop keywords, not both (got recipe and {sorted(crop)})")
+    names = [f.name if f.name != "ratio" else "aspect" for f in fields(Recipe)]
+    unknown = sorted(set(crop) - set(names))
+    if unknown:
+        raise TypeError(f"encode() got unexpected keyword arguments {unknown} (crop keywords: {', '.join(names)})")
+    if "aspect" in crop:
+        crop["ratio"] = crop.pop("aspect")
+    return Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in crop.items()})
+
+
 def model_fingerprint(model) -> str:
     """sha256 over the teacher's parameters and buffers: notices a different teacher on ``--resume``."""
     h = hashlib.sha256()
@@ -121,21 +137,24 @@ def model_fingerprint(model) -> str:
 
 def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike, *, recipe: Recipe | None = None,
            epochs: int = 300, batch_size: int = 64, device: str = "auto", workers: int = 0, amp: bool = True,
-           codec: str = "auto", temperature: float = 1.0, ratio: float | None = None, budget: int | None = None,
+           codec: str = "auto", temperature: float | None = None, ratio: float | None = None, budget: int | None = None,
            k: int | None = None, dc: int | None = None, dh: int | None = None, chunk_size: int | None = None,
            zstd: bool | None = None, tensor_dtype: str | None = None, fit_labels: int = ENCODE_FIT_LABELS,
            fit_on: str = "first", fit_config: FitConfig | None = None, force: bool = False, resume: bool = False,
            skip_bad: bool = False, log: Callable[[str], None] | None = None, fit_progress: Callable | None = None,
            progress: Callable | None = None, on_crops: Callable[[int], None] | None = None,
-           options: dict | None = None) -> CompressResult:
+           options: dict | None = None, **crop) -> CompressResult:
     """Relabel ``images`` with ``teacher`` over ``epochs`` of replayable crops into ``out``.
 
     ``teacher``: a module (or any callable) mapping ``[B, C, H, W]`` to logits ``[B, classes]``;
-    see :func:`slc.teacher.load_teacher`. ``recipe`` fixes crops, order and mixing; the student
-    replays them from the file with :class:`slc.SoftLabelDataset`. ``fit_on``: fit the codec on
-    the first ``fit_labels`` labels (no extra teacher work) or on a random subset (extra work).
+    see :func:`slc.teacher.load_teacher`. ``recipe`` (an :class:`slc.Recipe`) fixes crops, order
+    and mixing, or give its fields as keywords: ``size=32, invert=True, scale=(0.08, 1),
+    aspect=(3/4, 4/3), flip=0.5, mean=..., std=..., seed=0, mix="cutmix", ...`` (``aspect`` is the
+    recipe's ``ratio``: here ``ratio`` is the compression ratio). The student replays the crops
+    from the file with :class:`slc.SoftLabelDataset`. ``fit_on``: fit the codec on the first
+    ``fit_labels`` labels (no extra teacher work) or on a random subset (extra work).
     """
-    recipe = recipe or Recipe()
+    recipe = crop_recipe(recipe, crop)
     log = log or (lambda line: None)
     preflight(os.fspath(out), force, resume)  # before the images are scanned and the teacher runs
     if epochs < 1:

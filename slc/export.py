@@ -49,6 +49,9 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
         raise SlcInputError(f"expected an output ending in .npy, .h5 or .hdf5, or -, got {output!r}")
     if output != "-":
         check_output(output, force)
+    elif sys.stdout.isatty():  # as gzip does: binary on a terminal is garbage, and can upset it
+        raise SlcInputError("expected a pipe or a file for binary npy output on stdout, got a terminal; pipe it "
+                            "(... -o - | python consumer.py) or write a file (-o out.npy)")
     with open_slc(path) as f:
         e_all, n_all, c = f.shape
         stop_ = n_all if stop is None else stop

@@ -12,8 +12,10 @@ File kinds are told apart by what is inside the file, not by its extension.
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -185,9 +187,10 @@ def _load_pickled(path: Path, *, trust_pickle: bool, log: Callable[[str], None] 
     name = str(path)
     if trust_pickle:
         msg = f"warning: unpickling {name!r} (--trust-pickle): unpickling runs arbitrary code from the file; only do this for files you trust"
-        if log is not None:
+        if log is not None:  # once: on the caller's log, else as a Python warning
             log(msg)
-        warnings.warn(msg, stacklevel=4)  # point at load_teacher's caller
+        else:
+            warnings.warn(msg, stacklevel=4)  # point at load_teacher's caller
         try:
             obj = torch.load(name, map_location="cpu", weights_only=False)
         except Exception as e:
@@ -219,10 +222,20 @@ def _load_pickled(path: Path, *, trust_pickle: bool, log: Callable[[str], None] 
 # --- factories ---------------------------------------------------------------------
 
 
+def _import_from_cwd(module_name: str):
+    """Import a module, also from the current folder (as ``python -m`` does; the ``slc`` script does not)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        # last, after everything installed, so a local file never shadows a real package; kept, so the
+        # factory's own later imports of its sibling files work too
+        sys.path.append(cwd)
+    return importlib.import_module(module_name)
+
+
 def _load_factory(spec: str, kwargs: dict, weights: str | None) -> torch.nn.Module:
     module_name, attr_path = spec.split(":", 1)
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_from_cwd(module_name)
     except ModuleNotFoundError as e:
         raise SlcInputError(f"expected an importable module in teacher spec {spec!r}, got {_one_line(e)}") from e
     except Exception as e:

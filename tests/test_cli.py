@@ -138,10 +138,14 @@ def test_existing_output_needs_force(tmp_path, logits_npy):
 def test_missing_input_and_non_slc_files(tmp_path):
     one_line_error(run_slc("compress", tmp_path / "nope.npy", "-o", tmp_path / "o.slc"), "no such file")
     (tmp_path / "x.slc").write_bytes(b"PK\x03\x04 definitely a zip file" * 4)
-    one_line_error(run_slc("inspect", tmp_path / "x.slc"), "expected magic")
-    one_line_error(run_slc("decode", tmp_path / "x.slc", "-o", tmp_path / "d.npy"), "expected magic")
+    one_line_error(run_slc("inspect", tmp_path / "x.slc"), "got a zip archive (.npz, or a torch.save")
+    (tmp_path / "y.slc").write_bytes(b"\x00 neither an slc nor anything we know" * 4)
+    one_line_error(run_slc("decode", tmp_path / "y.slc", "-o", tmp_path / "d.npy"), "expected magic")
     p = run_slc("verify", tmp_path / "x.slc")
     assert p.returncode == 1 and p.stdout.decode().startswith("INVALID")
+    # labels passed where an .slc belongs: say what the file is and what makes an .slc of it
+    np.save(tmp_path / "labels.npy", np.zeros((4, 3), np.float32))
+    one_line_error(run_slc("inspect", tmp_path / "labels.npy"), "got an .npy array (labels: `slc compress` makes an .slc")
 
 
 def test_truncated_and_corrupted_files(tmp_path, logits_npy):

@@ -125,10 +125,13 @@ def test_pickled_module_needs_trust(tmp_path, net, x):
     with pytest.raises(SlcInputError, match=r"pickled model.*arbitrary code.*--trust-pickle"):
         load_teacher(str(path))
     logged: list[str] = []
-    with pytest.warns(UserWarning, match="arbitrary code"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, on the log: not also as a Python warning
         m = load_teacher(str(path), trust_pickle=True, log=logged.append)
     assert len(logged) == 1 and logged[0].startswith("warning:") and "arbitrary code" in logged[0]
     _same(m, net, x)
+    with pytest.warns(UserWarning, match="arbitrary code"):  # without a log, a warning
+        load_teacher(str(path), trust_pickle=True)
 
 
 def test_legacy_non_zip_pickle_refused(tmp_path, net):
