@@ -1,5 +1,5 @@
 """slc: soft-label compression for dataset distillation and offline knowledge distillation."""
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 from .errors import SlcError, SlcFormatError, SlcInputError  # noqa: E402
 from .reader import SlcFile, open_slc  # noqa: E402
