@@ -136,6 +136,11 @@ def run_bench(labels, cfg: BenchConfig = BenchConfig(), *, workdir: str | None =
         kind = cfg.source if cfg.source != "auto" else (
             "logits" if isinstance(src, SlcSource) else detect_source(src.read(0, 0, min(n, 256))))
         temps = cfg.temperatures or ((src.f.temperature,) if isinstance(src, SlcSource) else (1.0,))
+        notes = []
+        if isinstance(src, SlcSource) and src.f.header.codec != "dense":
+            notes.append(f"{src.name} is already compressed ({src.f.header.codec}): each row is scored against its "
+                         "labels, not the teacher's; bench dense labels (slc encode --codec fp16) to compare codecs")
+            log(f"note: {notes[-1]}")
         per = n - start
         scored_epochs = list(range(e_count))[:: max(1, -(-e_count * per // cfg.max_scored))]
         log(f"labels: {e_count} epochs x {n} samples x {c} classes ({kind}) from {src.name}; fitting on positions "
@@ -160,7 +165,7 @@ def run_bench(labels, cfg: BenchConfig = BenchConfig(), *, workdir: str | None =
     if rows and all("error" in r for r in rows):
         raise nothing_reachable(rows, cfg.ratios)
     result = {"config": asdict(cfg), "labels": src.name, "shape": [e_count, n, c], "source": kind,
-              "temperatures": list(temps), "holdout_start": start, "rows": rows, "refused": bad}
+              "temperatures": list(temps), "holdout_start": start, "rows": rows, "refused": bad, "notes": notes}
     mark_front(result)
     result["verdicts"] = verdicts(rows, list(temps))
     return result
@@ -229,6 +234,9 @@ def pareto(rows: list[dict], t: float) -> set[int]:
     return front
 
 
+TIE = 0.99  # a row "beats" auto only with a KL more than 1% lower: closer is noise
+
+
 def verdicts(rows: list[dict], temps: list[float]) -> list[str]:
     """Where the default codec (``auto``) stands: on the front (as :func:`mark_front` marked it), or
     which row beats it by how much."""
@@ -244,6 +252,10 @@ def verdicts(rows: list[dict], temps: list[float]) -> list[str]:
             better = [x for x in rows if "error" not in x and not x["pruned"] and t in x["kl"]
                       and x["bytes"] <= r["bytes"] and x["kl"][t] < r["kl"][t]]
             best = min(better, key=lambda x: x["kl"][t])
+            if best["kl"][t] >= TIE * r["kl"][t]:
+                lines.append(f"T={t:g} {r['target']:g}x: auto ({picked}) ties with {best['codec']} at "
+                             f"{best['ratio']:.1f}x (KL within {100 * (1 - TIE):.0f}%)")
+                continue
             lines.append(f"T={t:g} {r['target']:g}x: auto ({picked}, KL {r['kl'][t]:.4g}) is beaten by "
                          f"{best['codec']} at {best['ratio']:.1f}x (KL {best['kl'][t]:.4g}, "
                          f"{r['kl'][t] / best['kl'][t]:.2f}x lower)")

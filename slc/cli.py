@@ -776,7 +776,7 @@ def bench(labels, codecs, ratios, temperatures, holdout, source, fit_steps, fit_
         t.add_row(*columns(r, result, students))
     con = console(wide=True)
     con.print(t)
-    for line in result["verdicts"]:
+    for line in result["verdicts"] + [f"note: {n}" for n in result["notes"]]:
         con.print(line)
     for r in result["rows"]:  # the table says "unreachable (max ...)"; other errors in full
         if "error" in r and not UNREACHABLE.search(r["error"]):

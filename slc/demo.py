@@ -119,7 +119,7 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool 
     hooks = hooks or Hooks()
     out = Path(out_dir)
     _claim_folder(out, cfg, force, resume)
-    hooks.log(f"slc demo{' --quick' if cfg == QUICK else ''}: {'about 1 minute' if cfg == QUICK else 'about 8 minutes'} on "
+    hooks.log(f"slc demo{' --quick' if cfg == QUICK else ''}: {'about 1 minute' if cfg == QUICK else 'about 9 minutes'} on "
               f"2 idle CPU cores; everything goes to {out}/" + (" (resuming)" if resume else ""))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

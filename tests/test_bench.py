@@ -83,3 +83,14 @@ def test_bench_students_floor_ceiling_and_pruned_rows(tmp_path, folder):  # noqa
         s = row["student"]
         assert s["kl_to_teacher"] >= 0 and 0 <= s["teacher_agreement"] <= 1 and "kept" in s
     assert [row["pruned"] for row in r["rows"]] == [False, True]
+
+
+def test_a_kl_within_one_percent_is_a_tie_not_a_win():
+    from slc.bench import verdicts
+
+    rows = [{"codec": "auto", "target": 10.0, "bytes": 1000, "ratio": 10.0, "kl": {4.0: 1.000e-3}, "pruned": False,
+             "picked_by_t": {4.0: "topk"}},
+            {"codec": "topk", "target": 40.0, "bytes": 250, "ratio": 40.0, "kl": {4.0: 0.996e-3}, "pruned": False}]
+    assert verdicts(rows, [4.0]) == ["T=4 10x: auto (topk) ties with topk at 40.0x (KL within 1%)"]
+    rows[1]["kl"][4.0] = 0.5e-3
+    assert "is beaten by topk at 40.0x" in verdicts(rows, [4.0])[0]
