@@ -26,9 +26,9 @@ from rich.table import Table
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from slc.codecs import VQAECodec  # noqa: E402
-from slc.compress import plan_for  # noqa: E402
-from slc.labels import to_logp  # noqa: E402
-from slc.vqae import FitConfig  # noqa: E402
+from slc.compression import plan_for  # noqa: E402
+from slc.codecs.labels import to_logp  # noqa: E402
+from slc.codecs.vqae import FitConfig  # noqa: E402
 
 
 def median_rate(fn, labels: int, repeats: int) -> float:
@@ -92,7 +92,7 @@ def main() -> None:
     payload = codec.encode(logp)
     dec = median_rate(lambda: codec.decode(payload, args.block), args.block, args.repeats)
     # decoding includes the softmax to probabilities
-    from slc.labels import retemper
+    from slc.codecs.labels import retemper
 
     def decode_probs():
         lab, kind = codec.decode(payload, args.block)

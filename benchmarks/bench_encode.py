@@ -47,11 +47,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from slc.augment import Recipe, render  # noqa: E402
-from slc.dataset import CropDataset  # noqa: E402
-from slc.encode import ENCODE_FIT_LABELS, encode, model_fingerprint  # noqa: E402
-from slc.images import open_images  # noqa: E402
-from slc.teacher import load_teacher  # noqa: E402
+from slc.vision.augment import Recipe, render  # noqa: E402
+from slc.vision.dataset import CropDataset  # noqa: E402
+from slc.vision.encode import ENCODE_FIT_LABELS, encode, model_fingerprint  # noqa: E402
+from slc.vision.images import open_images  # noqa: E402
+from slc.models import load_teacher  # noqa: E402
 
 MEAN, STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # (x - 127) / 128, EfficientNet-Lite0's input
 FMNIST_TRAIN = Path(os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")) / "train-images-idx3-ubyte.gz"
@@ -233,9 +233,9 @@ def breakdown(model, images: str, recipe: Recipe, args, teacher_s_per_crop: floa
     from torch.utils.data import DataLoader
 
     from slc.codecs import TopKCodec, VQAECodec
-    from slc.compress import plan_for
-    from slc.labels import to_logp
-    from slc.vqae import FitConfig
+    from slc.compression import plan_for
+    from slc.codecs.labels import to_logp
+    from slc.codecs.vqae import FitConfig
 
     rows = []
     threads = torch.get_num_threads()

@@ -25,8 +25,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slc.codecs.topkvq import TopKVQCodec  # noqa: E402
-from slc.labels import to_logp  # noqa: E402
-from slc.sparse import select_topk  # noqa: E402
+from slc.codecs.labels import to_logp  # noqa: E402
+from slc.codecs.sparse import select_topk  # noqa: E402
 
 
 def zipf_logits(tokens: int, vocab: int, seed: int = 0) -> np.ndarray:

@@ -23,7 +23,7 @@ Per batch of --batch-size labels (medians over --repeats; every repeat runs all 
                  so one chunk per epoch): its own time is shown too.
   crops          `ds.crops[i]` (load + RandomResizedCrop replay + normalise) for the same labels,
                  amortised the same way; with DataLoader workers this runs beside the step.
-  train step     one step of the student at 64 px (slc.students.build_student(name, C, 3), train mode,
+  train step     one step of the student at 64 px (slc.vision.students.build_student(name, C, 3), train mode,
                  AdamW, KL(y || softmax(S(x) / T)) * T^2 at the file's T, zero_grad + forward +
                  backward + step, as `slc train-student` does) on a real batch of B crops and labels,
                  after warm-up steps; mean of --steps steps per repeat.
@@ -62,8 +62,8 @@ import slc  # noqa: E402
 from bench_encode import (MEAN, STD, SUBSET, cache_dir, cpu_model, cpu_snapshot, foreign_share, loadavg,  # noqa: E402
                           med, real_teacher, settle)
 from slc.errors import SlcError  # noqa: E402
-from slc.images import open_images  # noqa: E402
-from slc.students import build_student  # noqa: E402
+from slc.vision.images import open_images  # noqa: E402
+from slc.vision.students import build_student  # noqa: E402
 
 TARGET = 0.05
 STUDENTS = ("resnet18", "resnet18-small")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np, torch, zstandard
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-from slc.sparse import select_topk, collapse, uncollapse, expand, kl_rows, SparseLabels
-from slc.vqae import FitConfig
+from slc.codecs.sparse import select_topk, collapse, uncollapse, expand, kl_rows, SparseLabels
+from slc.codecs.vqae import FitConfig
 from slc.codecs.vqae import VQAECodec
 from benchmarks.lm_labels import CACHE
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slc.distill import kd_loss
-from slc.sparse import SparseLabels, select_topk
+from slc.lm.distill import kd_loss
+from slc.codecs.sparse import SparseLabels, select_topk
 
 CACHE = Path(os.environ.get("SLC_CACHE", Path.home() / ".cache" / "slc")) / "kjv-trigram"
 RESULTS = Path(__file__).resolve().parent / "results"

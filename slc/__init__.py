@@ -1,18 +1,33 @@
-"""slc: soft-label compression for dataset distillation and offline knowledge distillation."""
+"""slc: soft-label compression for dataset distillation and offline knowledge distillation.
+
+The public API is re-exported here lazily (PEP 562): ``import slc`` costs milliseconds and no
+torch; each name loads its module the first time it is used.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.4.1"
 
-from .errors import SlcError, SlcFormatError, SlcInputError  # noqa: E402
-from .reader import SlcFile, open_slc  # noqa: E402
-from .compress import compress  # noqa: E402
-from .sources import open_labels  # noqa: E402
-from .augment import Recipe  # noqa: E402
-from .dataset import EpochSampler, SoftLabelDataset  # noqa: E402
-from .encode import encode  # noqa: E402
-from .encode_lm import encode_lm  # noqa: E402
-from .sparse import SparseLabels  # noqa: E402
-from .token_dataset import TokenLabelDataset, collate_tokens  # noqa: E402
-from .distill import kd_loss  # noqa: E402
+_EXPORTS = {
+    "SlcError": "slc.errors", "SlcFormatError": "slc.errors", "SlcInputError": "slc.errors",
+    "SlcFile": "slc.reader", "open_slc": "slc.reader",
+    "compress": "slc.compression", "open_labels": "slc.sources",
+    "Recipe": "slc.vision.augment", "SoftLabelDataset": "slc.vision.dataset", "EpochSampler": "slc.vision.dataset",
+    "encode": "slc.vision.encode",
+    "encode_lm": "slc.lm.encode", "TokenLabelDataset": "slc.lm.dataset", "collate_tokens": "slc.lm.dataset",
+    "kd_loss": "slc.lm.distill", "SparseLabels": "slc.codecs.sparse",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["SlcError", "SlcFormatError", "SlcInputError", "SlcFile", "open_slc", "compress", "encode", "Recipe", "open_labels",
-           "SoftLabelDataset", "EpochSampler", "encode_lm", "SparseLabels", "TokenLabelDataset", "collate_tokens", "kd_loss",
-           "__version__"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'slc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

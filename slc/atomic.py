@@ -7,7 +7,7 @@ import signal
 import tempfile
 from typing import BinaryIO, Iterator
 
-from .errors import SlcInputError
+from slc.errors import SlcInputError
 
 
 def check_output(path: str, force: bool) -> None:

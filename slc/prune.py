@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SlcFormatError, SlcInputError, expect
-from .sources import LabelSource
-
-EPOCHS_MAP = "epochs.map"
-MAP_DTYPE = np.dtype("<u4")
-
+from slc.errors import SlcInputError
+from slc.sources import LabelSource
 
 def kept_epochs(epochs: int, factor: float, seed: int = 0) -> np.ndarray:
     """Which of ``epochs`` stored epochs a prune by ``factor`` keeps (sorted)."""
@@ -30,20 +26,6 @@ def kept_epochs(epochs: int, factor: float, seed: int = 0) -> np.ndarray:
                             f"{factor:g}; the nearest reachable is {epochs}x")
     rng = np.random.default_rng([seed, 1])
     return np.sort(rng.choice(epochs, keep, replace=False))
-
-
-def map_bytes(ids: np.ndarray) -> bytes:
-    return np.ascontiguousarray(ids, MAP_DTYPE).tobytes()
-
-
-def parse_map(data: bytes, epochs: int) -> np.ndarray:
-    """Validate an ``epochs.map`` body: ``epochs`` strictly increasing u32 recipe epochs."""
-    expect(len(data) == epochs * MAP_DTYPE.itemsize, f"{epochs * MAP_DTYPE.itemsize} bytes of epochs.map "
-           f"({epochs} epochs)", len(data))
-    ids = np.frombuffer(data, MAP_DTYPE).astype(np.int64)
-    if len(ids) > 1 and not (np.diff(ids) > 0).all():
-        raise SlcFormatError("expected strictly increasing epochs in epochs.map, got a repeat or a step back")
-    return ids
 
 
 class PrunedSource(LabelSource):

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 
-from .codecs import Codec, codec_class
-from .container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
+from slc.codecs import codec_class
+from slc.codecs.base import Codec, Kind
+from slc.format.container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
                         read_header, read_layout, read_section)
-from .errors import SlcFormatError, SlcInputError, expect
-from .header import MAX_CHUNK_ELEMENTS, Header
-from .labels import retemper
-from .prune import EPOCHS_MAP, parse_map
-from .sparse import SparseLabels
-from .tokens import TOKENS_IDS, TOKENS_SEQ, parse_ids, parse_seq
+from slc.errors import SlcFormatError, SlcInputError, expect
+from slc.format.header import MAX_CHUNK_ELEMENTS, Header
+from slc.codecs.labels import retemper
+from slc.codecs.sparse import SparseLabels
+from slc.format.sections import CHUNKS, EPOCHS_MAP, HEADER, INDEX, TOKENS_IDS, TOKENS_SEQ, parse_ids, parse_map, parse_seq
 
-Out = Literal["probs", "logits"]
 
 
 class SlcFile:
@@ -46,7 +45,7 @@ class SlcFile:
         self.header = Header.from_json(read_header(f, self.layout))
         h = self.header
         for name, s in self.layout.sections.items():
-            known = name in ("header", "index", "chunks", EPOCHS_MAP) or name in h.tensors
+            known = name in (HEADER, INDEX, CHUNKS, EPOCHS_MAP) or name in h.tensors
             expect(known or not s.required, "only sections this reader understands to be required",
                    f"required section {name!r} (written by a newer slc?)")
         cls = codec_class(h.codec)
@@ -136,12 +135,12 @@ class SlcFile:
             expect(len(data) == c.raw_length, f"{c.raw_length} bytes after zstd", len(data))
         return data
 
-    def decode_chunk(self, c: ChunkEntry, out: Out = "probs", temperature: float | None = None) -> np.ndarray:
+    def decode_chunk(self, c: ChunkEntry, out: Kind = "probs", temperature: float | None = None) -> np.ndarray:
         labels, kind = self.codec.decode(self.chunk_payload(c), c.count)
         return retemper(labels, kind, self.header.temperature, out, temperature)
 
     def iter_chunks(self, epochs: range | list[int] | None = None, start: int = 0, stop: int | None = None,
-                    out: Out = "probs", temperature: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+                    out: Kind = "probs", temperature: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(epoch, first_sample, labels)`` block by block, in file order: bounded memory."""
         stop = self.header.samples if stop is None else stop
         self.check_range(start, stop)
@@ -150,7 +149,7 @@ class SlcFile:
                 a, b = max(start, c.start), min(stop, c.start + c.count)
                 yield e, a, self.decode_chunk(c, out, temperature)[a - c.start:b - c.start]
 
-    def decode(self, epoch: int = 0, start: int = 0, stop: int | None = None, out: Out = "probs",
+    def decode(self, epoch: int = 0, start: int = 0, stop: int | None = None, out: Kind = "probs",
                temperature: float | None = None) -> np.ndarray:
         """Labels ``(stop - start, C)`` of one epoch as float32 probabilities or logits."""
         parts = [a for _, _, a in self.iter_chunks([epoch], start, stop, out, temperature)]

@@ -18,9 +18,9 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .atomic import check_output, fsync_folder, name_the_output
-from .container import CHUNK, ChunkEntry, ContainerWriter, Section, crc32, parse_index_entry
-from .errors import SlcInputError
+from slc.atomic import check_output, fsync_folder, name_the_output
+from slc.format.container import CHUNK, ChunkEntry, ContainerWriter, Section, crc32, parse_index_entry
+from slc.errors import SlcInputError
 
 JOURNAL_VERSION = 1
 MAX_JOURNAL_HEAD = 1 << 20

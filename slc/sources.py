@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from numpy.lib import format as npformat
 
-from .errors import SlcInputError
+from slc.errors import SlcInputError
 
 
 class LabelSource:
@@ -155,7 +155,7 @@ class SlcSource(LabelSource):
     kind = "logits"
 
     def __init__(self, path: str):
-        from .reader import open_slc
+        from slc.reader import open_slc
 
         self.f = open_slc(path)
         self.name, self.dtype, self.shape = path, np.dtype(np.float32), self.f.shape
@@ -227,7 +227,7 @@ class SparseSource(LabelSource):
         self.k = k
 
     def read(self, epoch, start, stop):
-        from .sparse import sparse_rows
+        from slc.codecs.sparse import sparse_rows
 
         return sparse_rows(self.values.read(0, start, stop), self.indices.read(0, start, stop), self.vocab, start)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import slc
-from slc.labels import retemper, to_logp
-from slc.vqae import FitConfig
+from slc.codecs.labels import retemper, to_logp
+from slc.codecs.vqae import FitConfig
 from tests.conftest import synthetic_logits
 
 FAST = FitConfig(steps=40)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from slc.augment import (BOX_DTYPE, Recipe, apply_mix, box_array, crop_boxes, epoch_order, mix_for, random_u64,
+from slc.vision.augment import (BOX_DTYPE, Recipe, apply_mix, box_array, crop_boxes, epoch_order, mix_for, random_u64,
                          render, uniform)
 from slc.errors import SlcFormatError, SlcInputError
 
@@ -120,7 +120,7 @@ def test_recipe_validation_and_json_roundtrip():
 
 
 def test_hostile_replay_sections_fail_cleanly():
-    from slc.replay import ReplayInfo
+    from slc.vision.replay import ReplayInfo
 
     good = {"version": 1, "recipe": Recipe().to_json(), "images": 3, "digest": "ab" * 32, "source": ""}
     assert ReplayInfo.from_bytes(json.dumps(good).encode()).images == 3

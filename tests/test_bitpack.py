@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slc.bitpack import pack_bits, packed_size, unpack_bits
+from slc.format.bitpack import pack_bits, packed_size, unpack_bits
 from slc.errors import SlcFormatError
 
 

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from slc.labels import to_logp
+from slc.codecs.labels import to_logp
 from tests.conftest import run_slc, synthetic_logits
 
 FAST = ["--codec", "vqae", "--fit-steps", "60", "-q"]
@@ -166,7 +166,7 @@ def test_truncated_and_corrupted_files(tmp_path, logits_npy):
 def test_newer_major_version_is_refused(tmp_path, logits_npy):
     import struct
 
-    from slc.container import crc32
+    from slc.format.container import crc32
 
     out = tmp_path / "o.slc"
     run_slc("compress", logits_npy, "-o", out, "--codec", "fp16", "-q", check=True)

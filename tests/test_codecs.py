@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from slc.errors import SlcFormatError, SlcInputError
-from slc.labels import retemper, to_logp
-from slc.metrics import Fidelity
+from slc.codecs.labels import retemper, to_logp
+from slc.fidelity import Fidelity
 from slc.codecs.pca import PCACodec
 from slc.codecs.quant import QuantCodec
 from slc.codecs.vq import VQCodec

@@ -1,11 +1,11 @@
-"""slc.distill.kd_loss against brute-force KL on small random data (n=8, V=50, k=5)."""
+"""slc.lm.distill.kd_loss against brute-force KL on small random data (n=8, V=50, k=5)."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from slc.distill import kd_loss
-from slc.sparse import SparseLabels, expand, kl_rows, select_topk
+from slc.lm.distill import kd_loss
+from slc.codecs.sparse import SparseLabels, expand, kl_rows, select_topk
 
 N, V, K = 8, 50, 5
 

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 import slc
-from slc.augment import Recipe
-from slc.dataset import EpochSampler, SoftLabelDataset
-from slc.encode import encode
-from slc.teacher import load_teacher
+from slc.vision.augment import Recipe
+from slc.vision.dataset import EpochSampler, SoftLabelDataset
+from slc.vision.encode import encode
+from slc.models import load_teacher
 from tests.conftest import kill_until_done, run_slc
 from tests.test_cli import one_line_error
 
@@ -134,7 +134,7 @@ def test_api_encode_fit_on_random_and_vqae(tmp_path):
     model = Tiny(40).eval()
     r = Recipe(seed=3, size=32, mean=(0.5,) * 3, std=(0.5,) * 3, invert=True)
     res = encode(model, SUBSET, tmp_path / "v.slc", recipe=r, epochs=4, batch_size=50, codec="vqae", ratio=4,
-                 temperature=4.0, fit_on="random", fit_labels=600, fit_config=slc.vqae.FitConfig(steps=30),
+                 temperature=4.0, fit_on="random", fit_labels=600, fit_config=slc.codecs.vqae.FitConfig(steps=30),
                  chunk_size=250)
     assert res.codec == "vqae" and res.ratio >= 3.5
     with slc.open_slc(tmp_path / "v.slc") as f:
@@ -226,9 +226,9 @@ def test_student_side_refuses_other_images(tmp_path, teacher, folder):
 
 def test_golden_v1_1_replay_file():
     """Pinned bytes of format 1.1: labels, recipe, fingerprints and stored boxes keep reading the same."""
-    from slc.augment import crop_boxes, epoch_order
-    from slc.dataset import read_replay
-    from slc.replay import BOXES
+    from slc.vision.augment import crop_boxes, epoch_order
+    from slc.vision.dataset import read_replay
+    from slc.format.sections import BOXES
 
     golden = os.path.join(ROOT, "tests", "golden")
     path = os.path.join(golden, "v1.1-replay.slc")

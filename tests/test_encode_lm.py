@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import slc
-from slc.encode_lm import encode_lm
-from slc.sparse import select_topk
+from slc.lm.encode import encode_lm
+from slc.codecs.sparse import select_topk
 from tests.conftest import kill_until_done, run_slc
 from tests.test_lm_teacher import V, WORDS, TinyLM
 

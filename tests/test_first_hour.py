@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import slc
-from slc.compress import plan_for
-from slc.sizing import FILL, Frame
-from slc.vqae import FitConfig
+from slc.compression import plan_for
+from slc.codecs.planner import FILL, Frame
+from slc.codecs.vqae import FitConfig
 from tests.conftest import run_slc, synthetic_logits
 from tests.test_cli import one_line_error
 from tests.test_encode import SMALL, Tiny, folder, script  # noqa: F401  (folder is a fixture)
@@ -234,7 +234,7 @@ def test_api_encode_takes_crop_keywords(tmp_path, folder):  # noqa: F811
                    std=(0.5,) * 3, aspect=(0.5, 2.0))
     assert r.labels == 40
     with slc.open_slc(tmp_path / "l.slc") as f:
-        from slc.dataset import read_replay
+        from slc.vision.dataset import read_replay
 
         recipe = read_replay(f).recipe
     assert recipe == slc.Recipe(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, ratio=(0.5, 2.0))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from slc.errors import SlcInputError
-from slc.images import IMAGE_EXTS, BadImage, ImageSet, open_images
+from slc.vision.images import IMAGE_EXTS, BadImage, ImageSet, open_images
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "fmnist_subset.npz"
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slc.errors import SlcInputError
-from slc.lm_teacher import LMTeacher, WordVocab, iter_logp, load_lm_teacher, read_sequences, sequence_offsets
+from slc.lm.teacher import LMTeacher, WordVocab, iter_logp, load_lm_teacher, read_sequences, offsets_of
 
 V, MAX_LEN = 500, 64
 WORDS = ["<unk>", "the", "cat", "sat", "on", "mat", "a", "dog"]
@@ -208,13 +208,13 @@ def test_rows_match_a_direct_forward(teacher, lm):
     hot = rows(collect(teacher, seqs, temperature=2.5)[0])
     np.testing.assert_allclose(hot, reference(lm, seqs, 2.5), atol=1e-6)
     assert not np.array_equal(hot, got)
-    assert list(sequence_offsets(seqs)) == [0, 1, 18, 82, 87]
+    assert list(offsets_of(seqs)) == [0, 1, 18, 82, 87]
 
 
 @pytest.mark.parametrize("group", [False, True])
 def test_same_bits_for_any_batch_tokens_and_start(teacher, lm, group):
     seqs = make_sequences([7, 40, 3, 3, 3, 3, 12, 1, 64, 9, 9, 9])
-    offsets = sequence_offsets(seqs)
+    offsets = offsets_of(seqs)
     total = int(offsets[-1])
     want = rows(collect(teacher, seqs)[0])
     for bt in (1, 7, 64, 4096):

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import slc
 from slc import SlcFormatError, open_slc
-from slc.bitpack import pack_bits
-from slc.container import (CHUNK, ENTRY, MAGIC, PREAMBLE, ContainerWriter, crc32, header_bytes, parse_index,
+from slc.format.bitpack import pack_bits
+from slc.format.container import (CHUNK, ENTRY, MAGIC, PREAMBLE, ContainerWriter, crc32, header_bytes, parse_index,
                            read_layout, read_section)
 from slc.sources import open_labels
 
@@ -825,8 +825,8 @@ def test_same_input_gives_identical_bytes(tmp_path, valid, codec, kw):
 
 
 def test_file_size_matches_sizing(valid, parts):
-    from slc.bitpack import packed_size
-    from slc.sizing import container_bytes
+    from slc.format.bitpack import packed_size
+    from slc.codecs.planner import container_bytes
 
     h = parts.header
     size = container_bytes(h["epochs"], h["samples"], h["chunk_size"], lambda n: n * 3 * 2 + packed_size(n * 3, 4), [],

@@ -7,10 +7,11 @@ import torch
 
 import slc
 from slc import SoftLabelDataset
-from slc.container import FLAG_REQUIRED
+from slc.format.container import FLAG_REQUIRED
 from slc.errors import SlcInputError
-from slc.prune import EPOCHS_MAP, kept_epochs
-from slc.teacher import load_teacher
+from slc.format.sections import EPOCHS_MAP
+from slc.prune import kept_epochs
+from slc.models import load_teacher
 from tests.conftest import run_slc, synthetic_logits
 from tests.test_encode import ROOT, enc, folder, teacher  # noqa: F401 (fixtures)
 
@@ -74,7 +75,7 @@ def test_pruned_stored_boxes_and_mixing_follow_their_epoch(tmp_path):
 
 
 def test_large_box_sections_are_cut_by_epoch_from_any_part_sizes():
-    from slc.compress import _epochs_of
+    from slc.compression import _epochs_of
 
     data = bytes(range(256)) * 3  # 6 "epochs" of 128 bytes
     for part in (1, 7, 128, 500, 10_000):
@@ -84,7 +85,7 @@ def test_large_box_sections_are_cut_by_epoch_from_any_part_sizes():
 
 
 def test_lpld_sampler_draws_whole_stored_batches_at_random():
-    from slc.dataset import BatchPoolSampler
+    from slc.vision.dataset import BatchPoolSampler
 
     class Stored:  # 3 stored epochs of 10 positions
         epochs = 3

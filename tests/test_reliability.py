@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import slc
-from slc.vqae import FitConfig
+from slc.codecs.vqae import FitConfig
 from tests.conftest import kill_until_done, run_slc, synthetic_logits
 from tests.test_cli import one_line_error
 from tests.test_encode import SMALL, SUBSET, Tiny, script
@@ -208,7 +208,7 @@ def test_compress_fsyncs_then_renames(tmp_path, big_npy, disk_calls, codec):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
 def test_decode_fsyncs_then_renames(tmp_path, dense_slc, disk_calls, suffix):
-    from slc.export import export
+    from slc.decode import export
 
     out = tmp_path / f"out{suffix}"
     export(str(dense_slc), str(out))

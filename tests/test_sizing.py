@@ -3,8 +3,8 @@
 import pytest
 
 from slc.errors import SlcInputError
-from slc.compress import plan_for
-from slc.sizing import (GB, Frame, dense_bytes, paper_pca_bytes, paper_topk_bytes, paper_vq_bytes, parse_size,
+from slc.compression import plan_for
+from slc.codecs.planner import (GB, Frame, dense_bytes, paper_pca_bytes, paper_topk_bytes, paper_vq_bytes, parse_size,
                         plan_vqae, vqae_bytes)
 
 IPC10 = 10 * 1000 * 300  # labels: IPC 10 x 1000 classes x 300 epochs

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from slc.sparse import TAILS, collapse, expand, kl_rows, select_topk, uncollapse
+from slc.codecs.sparse import TAILS, collapse, expand, kl_rows, select_topk, uncollapse
 
 
 @pytest.fixture(scope="module")

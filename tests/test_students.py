@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from slc.errors import SlcInputError
-from slc.students import build_student, list_students
+from slc.vision.students import build_student, list_students
 
 
 @pytest.mark.parametrize("name,size,params", [("resnet18", 64, (11.1e6, 11.3e6)), ("resnet18-small", 32, (11.1e6, 11.3e6)),

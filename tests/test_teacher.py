@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slc.errors import SlcInputError
-from slc.teacher import load_teacher, resolve_device, teacher_forward
+from slc.models import load_teacher, resolve_device, teacher_forward
 
 # torch >= 2.10 deprecates torch.jit; TorchScript files are still a supported teacher format.
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:DeprecationWarning")

@@ -12,8 +12,8 @@ import torch
 import slc
 from slc.codecs.topkvq import index_bytes, plane_ranks, rank_planes
 from slc.errors import SlcFormatError, SlcInputError
-from slc.distill import kd_loss
-from slc.sparse import kl_rows, logsumexp_rows, select_topk, top_k
+from slc.lm.distill import kd_loss
+from slc.codecs.sparse import kl_rows, logsumexp_rows, select_topk, top_k
 from tests.conftest import run_slc
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -296,7 +296,7 @@ def test_golden_v1_3_token_files_keep_reading_the_same():
 
 
 def test_corrupt_token_sections_are_format_errors(tmp_path):
-    from slc.tokens import parse_ids, parse_seq
+    from slc.format.sections import parse_ids, parse_seq
 
     with pytest.raises(SlcFormatError, match="offsets from 0 to 10"):
         parse_seq(np.array([0, 4, 9], "<u8").tobytes(), 10)
@@ -356,7 +356,7 @@ def test_bench_tokens_rows_and_outputs(tmp_path):
 def test_token_dataset_pads_sequences_and_refuses_another_vocabulary(token_file):
     from torch.utils.data import DataLoader
 
-    from slc.token_dataset import TokenLabelDataset, collate_tokens
+    from slc.lm.dataset import TokenLabelDataset, collate_tokens
 
     out, _, seq, ids = token_file
     ds = TokenLabelDataset(out, vocab=3000, max_len=200)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from slc.errors import SlcInputError
-from slc.train import TrainConfig, train_student
+from slc.vision.train import TrainConfig, train_student
 from tests.conftest import run_slc
 from tests.test_cli import one_line_error
 from tests.test_encode import SMALL, Tiny, folder, script  # noqa: F401  (folder is a fixture)
@@ -34,7 +34,7 @@ def test_train_student_end_to_end_and_bad_input(tmp_path, folder):  # noqa: F811
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [0, 1, 2]
     ts = torch.jit.load(str(out / "student.ts"))
-    from slc.students import build_student
+    from slc.vision.students import build_student
 
     m = build_student("convnet", 2, 3)
     m.load_state_dict(torch.load(out / "student.pt", weights_only=True))

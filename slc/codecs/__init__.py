@@ -1,25 +1,38 @@
-"""Codec registry: the ``codec`` name in a file's header picks the class that decodes it."""
+"""Codecs: each turns a block of labels into one chunk payload and back (:mod:`slc.codecs.base`).
+
+The registry maps the ``codec`` name in a file's header to its class. A codec's module (and
+torch, which most of them need) is imported only when that codec is asked for, so naming codecs,
+planning with presets and reading this package's registry cost no torch.
+"""
 from __future__ import annotations
 
-from ..errors import SlcFormatError
-from .base import Codec, Kind
-from .dense import DenseCodec
-from .pca import PCACodec
-from .quant import QuantCodec
-from .topk import TopKCodec, TopKMRCodec, TopKMRSCodec
-from .topkvq import TopKVQCodec
-from .vq import VQCodec
-from .vqae import VQAECodec
+import importlib
 
-CODECS: dict[str, type[Codec]] = {c.name: c for c in (DenseCodec, TopKCodec, TopKMRCodec, TopKMRSCodec, VQAECodec,
-                                                       PCACodec, QuantCodec, VQCodec, TopKVQCodec)}
+from slc.errors import SlcFormatError
 
-
-def codec_class(name: str) -> type[Codec]:
-    if name not in CODECS:
-        raise SlcFormatError(f"expected a codec in {sorted(CODECS)}, got {name!r} (written by a newer slc?)")
-    return CODECS[name]
+# stored codec name -> (module in this package, class)
+REGISTRY: dict[str, tuple[str, str]] = {
+    "dense": ("dense", "DenseCodec"), "topk": ("topk", "TopKCodec"), "topk-mr": ("topk", "TopKMRCodec"),
+    "topk-mrs": ("topk", "TopKMRSCodec"), "vqae": ("vqae", "VQAECodec"), "pca": ("pca", "PCACodec"),
+    "quant": ("quant", "QuantCodec"), "vq": ("vq", "VQCodec"), "topk-vq": ("topkvq", "TopKVQCodec"),
+}
+_CLASSES = {cls: (module, name) for name, (module, cls) in REGISTRY.items()}
 
 
-__all__ = ["CODECS", "Codec", "Kind", "DenseCodec", "TopKCodec", "TopKMRCodec", "TopKMRSCodec", "VQAECodec",
-           "PCACodec", "QuantCodec", "VQCodec", "TopKVQCodec", "codec_class"]
+def codec_class(name: str):
+    """The codec class a file names (``type[Codec]``); a name this slc does not know is a format error."""
+    if name not in REGISTRY:
+        raise SlcFormatError(f"expected a codec in {sorted(REGISTRY)}, got {name!r} (written by a newer slc?)")
+    module, cls = REGISTRY[name]
+    return getattr(importlib.import_module(f"slc.codecs.{module}"), cls)
+
+
+def __getattr__(name: str):  # ``from slc.codecs import VQAECodec``: loads that codec's module only
+    if name in _CLASSES:
+        return codec_class(_CLASSES[name][1])
+    if name in ("Codec", "TokenCodec"):
+        return getattr(importlib.import_module("slc.codecs.base"), name)
+    raise AttributeError(f"module 'slc.codecs' has no attribute {name!r}")
+
+
+__all__ = ["REGISTRY", "codec_class", "Codec", "TokenCodec", *_CLASSES]

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..errors import SlcFormatError, expect
+from slc.errors import SlcFormatError, expect
 
 Kind = Literal["probs", "logits"]
 TENSOR_DTYPES = {"<f4": np.dtype("<f4"), "<f2": np.dtype("<f2")}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import expect
-from .base import Codec, param
+from slc.errors import expect
+from slc.codecs.base import Codec, param
 
 
 class DenseCodec(Codec):

@@ -1,16 +1,20 @@
-"""What the fitted baselines (``pca``, ``quant``, ``vq``) share: the label domain they work in,
-planner options, tensor checks, fp16 rounding and single-threaded (deterministic) fitting."""
+"""What the fitted codecs (``vqae``, ``pca``, ``quant``, ``vq``, ``topk-vq``) share: the label domain
+they work in (and its renormalisation), nearest codes, k-means, principal axes, planner options,
+tensor checks, fp16 rounding and single-threaded (deterministic) fitting."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..errors import SlcFormatError, SlcInputError, expect
-from .base import param
+from slc.errors import SlcFormatError, SlcInputError, expect
+from slc.codecs.base import param
 
+Domain = Literal["prob", "logit"]
 DOMAINS = ("logit", "prob")
+LOG_FLOOR = -30.0  # encoder input floor for log-probabilities; mass below e^-30 is irrelevant
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -72,3 +76,61 @@ def check_sample(logp: np.ndarray | None, classes: int, codec: str) -> None:
     if logp is None or logp.ndim != 2 or logp.shape[1] != classes or logp.shape[0] < 1:
         raise SlcInputError(f"expected a sample of (n, {classes}) labels to fit {codec}, got "
                             f"{None if logp is None else logp.shape}")
+
+
+def encoder_input(logp: torch.Tensor, domain: Domain) -> torch.Tensor:
+    """What the encoder sees: probabilities (paper) or floored log-probabilities."""
+    return logp.exp() if domain == "prob" else logp.clamp_min(LOG_FLOOR)
+
+
+def renormalise(y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 9: clamp at ``eps`` and renormalise so the output is on the simplex."""
+    y = y.clamp_min(eps)
+    return y / y.sum(-1, keepdim=True)
+
+
+def nearest(x: torch.Tensor, codebook: torch.Tensor, rows: int = 8192) -> torch.Tensor:
+    """Index of the nearest code for each row of ``x`` (``||x||^2`` is constant per row, so skipped).
+
+    Works ``rows`` at a time so the distance matrix stays in cache instead of streaming
+    hundreds of MB through memory for small ``d_c``.
+    """
+    sq = codebook.pow(2).sum(1)
+    if x.shape[0] <= rows:
+        return torch.addmm(sq, x, codebook.t(), alpha=-2).argmin(1)
+    return torch.cat([torch.addmm(sq, b, codebook.t(), alpha=-2).argmin(1) for b in x.split(rows)])
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 12, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Plain Lloyd's k-means seeded on random distinct points."""
+    n = x.shape[0]
+    centers = x[torch.randperm(n, generator=gen)[:k]].clone()
+    if centers.shape[0] < k:  # fewer points than codes: pad with jittered copies
+        extra = centers[torch.randint(0, centers.shape[0], (k - centers.shape[0],), generator=gen)]
+        centers = torch.cat([centers, extra + 1e-3 * torch.randn(extra.shape, generator=gen)])
+    for _ in range(iters):
+        a = nearest(x, centers)
+        sums = torch.zeros_like(centers).index_add_(0, a, x)
+        counts = torch.bincount(a, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centers = torch.where(empty[:, None], centers, sums / counts.clamp_min(1)[:, None])
+        if empty.any():  # re-seed empty clusters on random points
+            centers[empty] = x[torch.randint(0, n, (int(empty.sum()),), generator=gen)]
+    return centers
+
+
+def principal_axes(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(c,)`` and top-``d`` principal directions ``(c, d)`` of the rows of ``x``, largest first.
+
+    Directions beyond ``c`` are zero columns. Shared by the VQAE's PCA initialisation and the
+    ``pca`` baseline codec, so both see the same axes for the same rows.
+    """
+    mean = x.mean(0)
+    xc = x - mean
+    # top-d principal directions from the c x c covariance (c is at most a few thousand)
+    cov = xc.t() @ xc / x.shape[0]
+    evals, evecs = torch.linalg.eigh(cov.double())
+    basis = evecs[:, -d:].flip(1).float()  # (c, d)
+    if basis.shape[1] < d:
+        basis = torch.cat([basis, torch.zeros(x.shape[1], d - basis.shape[1])], 1)
+    return mean, basis

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import SlcFormatError, expect
-from ..labels import as_tensor
-from ..vqae import encoder_input, principal_axes, renormalise
-from .base import Codec, param
-from .fitting import (FP16_MAX, check_sample, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps,
+from slc.errors import SlcFormatError, expect
+from slc.codecs.labels import as_tensor
+from slc.codecs.fitting import encoder_input, principal_axes, renormalise
+from slc.codecs.base import Codec, param
+from slc.codecs.fitting import (FP16_MAX, check_sample, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps,
                       plan_option)
 
 MAX_FIT_ROWS = 50_000  # rows the covariance is estimated on: plenty for C up to a few thousand

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bitpack import pack_bits, packed_size, unpack_bits
-from ..errors import expect
-from ..labels import as_tensor
-from ..vqae import encoder_input, renormalise
-from .base import Codec, param
-from .fitting import check_sample, check_tensors, domain_eps, plan_domain_eps, plan_option
+from slc.format.bitpack import pack_bits, packed_size, unpack_bits
+from slc.errors import expect
+from slc.codecs.labels import as_tensor
+from slc.codecs.fitting import encoder_input, renormalise
+from slc.codecs.base import Codec, param
+from slc.codecs.fitting import check_sample, check_tensors, domain_eps, plan_domain_eps, plan_option
 
 MAX_BITS = 8
 MAX_FIT_VALUES = 2_000_000  # values Lloyd's iterations run on (a seeded subsample beyond that)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bitpack import bits_for as index_bits, pack_bits, packed_size, unpack_bits
-from ..errors import expect
-from .base import Codec, param, split_payload
+from slc.format.bitpack import bits_for as index_bits, pack_bits, packed_size, unpack_bits
+from slc.errors import expect
+from slc.codecs.base import Codec, param, split_payload
 
 class TopKCodec(Codec):
     name = "topk"

@@ -28,14 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..bitpack import bits_for, pack_bits, packed_size, unpack_bits
-from ..errors import SlcFormatError, SlcInputError, expect
-from ..labels import PROB_FLOOR
-from ..sparse import SparseLabels, collapse, expand, select_topk, truncate, uncollapse
-from ..vqae import FitConfig
-from .base import Codec, param, split_payload
-from .fitting import check_tensors
-from .vqae import VQAECodec
+from slc.format.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from slc.errors import SlcFormatError, SlcInputError, expect
+from slc.codecs.labels import PROB_FLOOR
+from slc.codecs.sparse import SparseLabels, collapse, expand, select_topk, truncate, uncollapse
+from slc.codecs.vqae import FitConfig
+from slc.codecs.base import Codec, param, split_payload
+from slc.codecs.fitting import check_tensors
+from slc.codecs.vqae import VQAECodec
 
 TAILS = ("prior", "capped", "uniform", "mr", "mrs")
 PRIOR_TAILS = ("prior", "capped")  # the tails that store a prior

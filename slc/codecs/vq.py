@@ -11,14 +11,14 @@ import math
 import numpy as np
 import torch
 
-from ..bitpack import bits_for as code_bits, pack_bits, packed_size, unpack_bits
-from ..errors import SlcFormatError, SlcInputError
-from ..labels import as_tensor
-from ..vqae import LOG_FLOOR, encoder_input, kmeans, nearest, renormalise
-from .base import Codec, param
-from .fitting import (check_sample, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps,
+from slc.format.bitpack import bits_for as code_bits, pack_bits, packed_size, unpack_bits
+from slc.errors import SlcFormatError, SlcInputError
+from slc.codecs.labels import as_tensor
+from slc.codecs.fitting import LOG_FLOOR, encoder_input, kmeans, nearest, renormalise
+from slc.codecs.base import Codec, param
+from slc.codecs.fitting import (check_sample, check_tensors, domain_eps, fp16_round, one_thread, plan_domain_eps,
                       plan_option)
-from .quant import lloyd_max
+from slc.codecs.quant import lloyd_max
 
 MAX_K = 1 << 16
 MAX_FIT_SEGMENTS = 200_000  # k-means points (a seeded subsample of the sample's segments beyond that)

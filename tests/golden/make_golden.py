@@ -41,7 +41,7 @@ def make_v1_1() -> None:
     """12 real images, a tiny seeded teacher, cutmix groups of 4 and stored boxes: every replay section."""
     import torch
 
-    from slc.augment import Recipe
+    from slc.vision.augment import Recipe
 
     images = np.load(HERE.parent.parent / "examples" / "data" / "fmnist_subset.npz")["images"][:12]
     np.save(HERE / "v1.1-images.npy", images)

@@ -1,0 +1,88 @@
+"""Soft labels in and out: validation, and conversion between logits, probabilities and temperatures.
+
+Internally a block of labels is carried as float32 log-probabilities at the stored
+temperature ``T``: ``log softmax(z / T)`` for logits ``z``, ``log softmax(log p / T)`` for
+probabilities ``p``. Any temperature can be recovered from them (see :func:`retemper`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slc.codecs.base import Kind
+from slc.errors import SlcInputError
+
+PROB_FLOOR = 1e-30  # log of an exact zero probability
+SUM_TOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-6}
+
+
+def check_block(block: np.ndarray, source: Kind, row0: int = 0, neg_inf: bool = False) -> None:
+    """Raise ``SlcInputError`` on NaN/inf, negative or unnormalised probabilities.
+
+    ``neg_inf``: logits may be ``-inf`` (an LM's suppressed words), as long as each row has a finite one.
+    """
+    if block.dtype.kind != "f":
+        raise SlcInputError(f"expected floating-point labels, got dtype {block.dtype}")
+    finite = np.isfinite(block)
+    if not finite.all():
+        bad = ~finite & ~np.isneginf(block) if neg_inf and source == "logits" else ~finite
+        if bad.any():
+            r = int(np.argwhere(bad)[0][0])
+            what = "finite labels or -inf" if neg_inf else "finite labels"
+            raise SlcInputError(f"expected {what}, got NaN or inf in row {row0 + r}")
+        empty = ~finite.any(1)
+        if empty.any():
+            raise SlcInputError(f"expected at least one finite logit per label, got an all -inf row "
+                                f"{row0 + int(np.argmax(empty))}")
+    if source == "probs":
+        if (block < 0).any():
+            r = int(np.argwhere(block < 0)[0][0])
+            raise SlcInputError(f"expected non-negative probabilities, got a negative value in row {row0 + r}")
+        sums = block.sum(1, dtype=np.float64)
+        tol = SUM_TOL.get(block.dtype, 1e-3) + 1e-6 * block.shape[1]
+        bad = np.abs(sums - 1) > tol
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise SlcInputError(f"expected probabilities summing to 1, got {sums[r]:.4g} in row {row0 + r} "
+                                "(pass --logits if these are logits)")
+
+
+def detect_source(block: np.ndarray) -> Kind:
+    """Probabilities if every row is non-negative and sums to 1, else logits."""
+    if block.size and block.min() >= 0:
+        sums = block.sum(1, dtype=np.float64)
+        if np.all(np.abs(sums - 1) <= SUM_TOL.get(block.dtype, 1e-3) + 1e-6 * block.shape[1]):
+            return "probs"
+    return "logits"
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """float32 tensor view of ``a`` (a copy when ``a`` is read-only, e.g. memory-mapped)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def to_logp(block: np.ndarray, source: Kind, temperature: float) -> np.ndarray:
+    """Raw labels ``(n, C)`` -> float32 log-probabilities at ``temperature``."""
+    x = as_tensor(block)
+    if source == "probs":
+        x = x.clamp_min(PROB_FLOOR).log()
+    return torch.log_softmax(x / temperature, dim=-1).numpy()
+
+
+def retemper(labels: np.ndarray, kind: Kind, stored_t: float, out: Kind, t: float | None = None) -> np.ndarray:
+    """Decoded labels at ``stored_t`` -> probabilities or logits at temperature ``t``.
+
+    Logits are returned at temperature 1 scale (``softmax(logits / t)`` is the label at ``t``),
+    so ``out="logits"`` gives ``stored_t * log y``, the teacher's logits up to a constant.
+    """
+    t = stored_t if t is None else t
+    x = as_tensor(labels)
+    if kind == "probs":
+        if out == "probs" and t == stored_t:
+            return labels
+        x = x.clamp_min(PROB_FLOOR).log()
+    if out == "logits":
+        return (x * stored_t).numpy()
+    scale = stored_t / t
+    return torch.softmax(x * scale if scale != 1 else x, dim=-1).numpy()

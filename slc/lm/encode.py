@@ -1,0 +1,90 @@
+"""``encode-lm``: run a causal LM teacher-forced over text and stream its next-token labels into a ``.slc``.
+
+The teacher's log-probabilities come chunk by chunk (:func:`slc.lm_teacher.iter_logp`), go through
+the ``topk-vq`` codec and are written at once: memory holds one chunk of ``V`` floats per token,
+whatever the text's length. The file records where each sequence starts and the input tokens, so
+a student can read sequence ``i`` with its targets without the teacher or the tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+
+from slc.compression import CompressResult, Extras, compress
+from slc.errors import SlcInputError
+from slc.format.header import MAX_CHUNK_ELEMENTS
+from slc.lm.teacher import LMTeacher, iter_logp, load_lm_teacher, offsets_of
+from slc.resume import preflight
+from slc.sources import LabelSource
+from slc.codecs.planner import default_chunk_size
+
+LM_FIT_LABELS = 16384  # tokens of the text's start the codec is fitted on (held in memory: tokens x V floats)
+
+
+class LMSource(LabelSource):
+    """The teacher's log-probabilities at every token of ``sequences``, in order (a stream: one pass)."""
+
+    seekable = False
+
+    def __init__(self, teacher: LMTeacher, sequences: list[np.ndarray],
+                 on_tokens: Callable[[int, int], None] | None = None):
+        self.teacher, self.sequences = teacher, sequences
+        self.name, self.dtype = "teacher", np.dtype(np.float32)
+        self.shape = (1, int(sum(len(s) for s in sequences)), teacher.vocab)
+        self.on_tokens = (lambda n: on_tokens(n, self.shape[1])) if on_tokens else None
+
+    def blocks(self, rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+        # temperature 1 here: compress applies the file's temperature (log_softmax(logp / T) = log_softmax(z / T));
+        # a resume after the last chunk was journaled asks for first * rows >= the token count: nothing is left
+        for start, block in iter_logp(self.teacher, self.sequences, batch_tokens=rows,
+                                      start_token=min(first * rows, self.shape[1]),
+                                      progress=self.on_tokens):
+            yield 0, start, block
+
+    def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        raise SlcInputError("expected to read the teacher in order, got a random read")
+
+
+def text_digest(sequences: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for s in sequences:
+        h.update(np.asarray(s, "<i8").tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.PathLike, *,
+              vocab_file: str | None = None, seq_len: int | None = None, temperature: float = 1.0,
+              options: dict | None = None, chunk_size: int | None = None, zstd: bool | None = None,
+              fit_labels: int = LM_FIT_LABELS, seed: int = 0, device: str = "cpu", allow_pickle: bool = False,
+              force: bool = False, resume: bool = False, log: Callable[[str], None] | None = None,
+              progress: Callable | None = None, on_tokens: Callable[[int, int], None] | None = None) -> CompressResult:
+    """Label every token of ``text`` (plain text, one sequence per line, or JSONL) with ``teacher``.
+
+    ``teacher``: a TorchScript file or a local ``transformers`` model directory (see
+    :func:`slc.lm_teacher.load_lm_teacher`), or a loaded :class:`LMTeacher`. ``options``: the
+    ``topk-vq`` parameters (``k``, ``m``, ``codes``, ``values``, ``tail``, ``prior_weight``).
+    ``on_tokens(n, total)``: the teacher labelled ``n`` more of ``total`` tokens.
+    """
+    log = log or (lambda line: None)
+    out = os.fspath(out)
+    preflight(out, force, resume)  # before the teacher loads and the text is tokenized
+    if not isinstance(teacher, LMTeacher):
+        teacher = load_lm_teacher(os.fspath(teacher), allow_pickle=allow_pickle, device=device, log=log)
+    sequences = teacher.read(os.fspath(text), vocab_file=vocab_file, seq_len=seq_len)
+    offsets = offsets_of(sequences)
+    ids = np.concatenate(sequences)
+    src = LMSource(teacher, sequences, on_tokens)
+    n, vocab = src.shape[1], src.shape[2]
+    log(f"teacher: {vocab:,} words on {teacher.device} ({teacher.kind}); text: {len(sequences):,} sequences, "
+        f"{n:,} tokens from {os.fspath(text)}")
+    chunk_size = chunk_size or default_chunk_size(vocab, MAX_CHUNK_ELEMENTS)
+    extras = Extras()
+    extras.request = {"teacher": teacher.fingerprint(), "text": text_digest(sequences), "device": teacher.device.type,
+                      "seq_len": seq_len}
+    return compress(src, out, codec="topk-vq", source="logits", temperature=temperature, chunk_size=chunk_size,
+                    zstd=zstd, fit_labels=fit_labels, seed=seed, force=force, resume=resume, extras=extras,
+                    options=options, sequences=offsets, token_ids=ids, log=log, progress=progress)

@@ -1,0 +1,270 @@
+"""Augmentations a student can replay exactly: a counter-based RNG, crop boxes, order, mixing.
+
+Every random number is a pure function of ``(seed, stream, epoch, index, draw)`` (SplitMix64,
+``formats/slc-v1.md`` "Replay"), so the crop of image ``i`` in epoch ``e`` is recomputed from
+the seed in the header with zero stored bytes, in any order, in any worker process.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slc.errors import SlcFormatError, SlcInputError, expect
+
+M64 = 0xFFFFFFFFFFFFFFFF
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+STREAM_CROP, STREAM_ORDER, STREAM_MIX = 1, 2, 3
+ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its centre-crop fallback
+DRAW_FLIP = 4 * ATTEMPTS
+MIX_DRAW_LAM, MIX_DRAW_CX, MIX_DRAW_CY, MIX_DRAW_PARTNER = 0, 1, 2, 16
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (arithmetic mod 2**64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def random_u64(seed: int, stream: int, epoch, index, draw) -> np.ndarray:
+    """``h = mix(seed); h = mix((h ^ v) + GAMMA)`` for v in (stream, epoch, index, draw); broadcasts."""
+    with np.errstate(over="ignore"):
+        h = _mix64(np.asarray([seed & M64], np.uint64))
+        for v in (stream, epoch, index, draw):
+            h = _mix64((h ^ np.asarray(v, np.int64).astype(np.uint64)) + GAMMA)
+    return h
+
+
+def uniform(seed: int, stream: int, epoch, index, draw) -> np.ndarray:
+    """Float64 in [0, 1): the top 53 bits of :func:`random_u64`."""
+    return (random_u64(seed, stream, epoch, index, draw) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _randint(u: np.ndarray, n) -> np.ndarray:
+    """``floor(u * n)``: an integer in [0, n) from a uniform."""
+    return np.minimum(np.floor(u * n).astype(np.int64), np.asarray(n, np.int64) - 1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the crops of each (epoch, image) are made, and in which order images are visited.
+
+    Everything here is stored in the file's ``replay`` section; the student needs nothing else.
+    """
+
+    seed: int = 0
+    size: int = 224  # output side in pixels
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction (SRe2L/RDED default)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5  # horizontal flip probability
+    mean: tuple[float, ...] = IMAGENET_MEAN  # on pixels / 255
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3  # what the teacher takes; greyscale images are repeated
+    invert: bool = False  # 255 - pixel first (e.g. Fashion-MNIST for an ImageNet teacher)
+    order: str = "shuffle"  # "shuffle": a seeded permutation per epoch; "sequential"
+    mix: str = "none"  # "none", "mixup" or "cutmix" with lambda ~ U(0, 1) = Beta(1, 1), per mix group
+    mix_group: int = 0  # positions per mix group (the relabel batch size); 0 when mix is "none"
+    boxes: str = "replay"  # "replay": recomputed from the seed; "stored": a crops.boxes section
+
+    def __post_init__(self):
+        if not 8 <= self.size <= 4096:
+            raise SlcInputError(f"expected a crop size in [8, 4096], got {self.size}")
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise SlcInputError(f"expected 0 < scale min <= max <= 1, got {self.scale}")
+        lo, hi = self.ratio
+        if not 0 < lo <= hi:
+            raise SlcInputError(f"expected 0 < ratio min <= max, got {self.ratio}")
+        if not 0 <= self.flip <= 1:
+            raise SlcInputError(f"expected a flip probability in [0, 1], got {self.flip}")
+        if self.channels not in (1, 3):
+            raise SlcInputError(f"expected 1 or 3 channels, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
+            raise SlcInputError(f"expected {self.channels} mean and {self.channels} positive std values, got "
+                                f"mean {list(self.mean)}, std {list(self.std)}")
+        if self.order not in ("shuffle", "sequential"):
+            raise SlcInputError(f"expected order 'shuffle' or 'sequential', got {self.order!r}")
+        if self.mix not in ("none", "mixup", "cutmix"):
+            raise SlcInputError(f"expected mix 'none', 'mixup' or 'cutmix', got {self.mix!r}")
+        if (self.mix == "none") != (self.mix_group == 0) or self.mix_group < 0:
+            raise SlcInputError(f"expected a mix group >= 2 with mixup/cutmix and 0 without, got {self.mix_group} "
+                                f"with mix {self.mix!r}")
+        if self.boxes not in ("replay", "stored"):
+            raise SlcInputError(f"expected boxes 'replay' or 'stored', got {self.boxes!r}")
+        if not 0 <= self.seed < 1 << 63:
+            raise SlcInputError(f"expected a seed in [0, 2**63), got {self.seed}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Recipe":
+        expect(isinstance(d, dict), "a recipe object in the replay section", type(d).__name__)
+        known = {f for f in cls.__dataclass_fields__}
+        kw = {}
+        for k in ("scale", "ratio"):
+            expect(k not in d or (isinstance(d[k], list) and len(d[k]) == 2), f"recipe field {k!r} as [lo, hi]",
+                   repr(d.get(k))[:80])
+        for k in ("invert",):
+            expect(k not in d or isinstance(d[k], bool), f"recipe field {k!r} to be a boolean", repr(d.get(k))[:80])
+        expect(not isinstance(d.get("flip"), bool), "recipe field 'flip' to be a number", repr(d.get("flip")))
+        for k, v in d.items():
+            if k not in known:
+                continue  # a newer writer's field: ignore, as for the header
+            kw[k] = tuple(v) if isinstance(v, list) else v
+        try:
+            r = cls(**kw)
+            for k in ("seed", "size", "channels", "mix_group"):
+                expect(isinstance(getattr(r, k), int) and not isinstance(getattr(r, k), bool),
+                       f"recipe field {k!r} to be an integer", repr(getattr(r, k)))
+            for k in ("scale", "ratio", "mean", "std"):
+                v = getattr(r, k)
+                expect(all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v),
+                       f"recipe field {k!r} to be finite numbers", repr(v)[:80])
+        except SlcInputError as e:
+            raise SlcFormatError(f"expected a valid replay recipe, got: {e}") from None
+        except TypeError as e:
+            expect(False, "a well-typed replay recipe", str(e))
+        return r
+
+
+# --------------------------------------------------------------------------- crop boxes
+BOX_DTYPE = np.dtype([("y", "<u2"), ("x", "<u2"), ("h", "<u2"), ("w", "<u2"), ("flip", "u1"), ("pad", "u1")])
+assert BOX_DTYPE.itemsize == 10
+
+
+def crop_boxes(recipe: Recipe, epoch: int, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """RandomResizedCrop boxes plus flips for ``images`` (indices) of ``sizes`` ``[n, 2]`` (H, W).
+
+    torchvision's algorithm, vectorised: up to 10 tries of (area fraction, log aspect ratio), the
+    first box that fits wins; if none does, a centre crop clamped to the ratio range.
+    """
+    images = np.asarray(images, np.int64)
+    hgt = sizes[:, 0].astype(np.float64)
+    wid = sizes[:, 1].astype(np.float64)
+    area = hgt * wid
+    n = len(images)
+    out = np.zeros(n, BOX_DTYPE)
+    done = np.zeros(n, bool)
+    log_r = (math.log(recipe.ratio[0]), math.log(recipe.ratio[1]))
+    for a in range(ATTEMPTS):
+        u = uniform(recipe.seed, STREAM_CROP, epoch, images[:, None], np.arange(4 * a, 4 * a + 4))
+        target = area * (recipe.scale[0] + (recipe.scale[1] - recipe.scale[0]) * u[:, 0])
+        aspect = np.exp(log_r[0] + (log_r[1] - log_r[0]) * u[:, 1])
+        w = np.round(np.sqrt(target * aspect))  # round half to even, like Python's round()
+        h = np.round(np.sqrt(target / aspect))
+        ok = ~done & (w > 0) & (w <= wid) & (h > 0) & (h <= hgt)
+        y = _randint(u[:, 2], np.maximum(hgt - h + 1, 1).astype(np.int64))
+        x = _randint(u[:, 3], np.maximum(wid - w + 1, 1).astype(np.int64))
+        out["y"][ok], out["x"][ok], out["h"][ok], out["w"][ok] = y[ok], x[ok], h[ok], w[ok]
+        done |= ok
+    if not done.all():
+        rest = ~done
+        hh, ww = hgt[rest], wid[rest]
+        in_ratio = ww / hh
+        w = np.where(in_ratio < recipe.ratio[0], ww, np.where(in_ratio > recipe.ratio[1], np.round(hh * recipe.ratio[1]), ww))
+        h = np.where(in_ratio < recipe.ratio[0], np.round(ww / recipe.ratio[0]),
+                     np.where(in_ratio > recipe.ratio[1], hh, hh))
+        out["h"][rest], out["w"][rest] = h, w
+        out["y"][rest], out["x"][rest] = (hh - h) // 2, (ww - w) // 2
+    flip = uniform(recipe.seed, STREAM_CROP, epoch, images, DRAW_FLIP) < recipe.flip
+    out["flip"] = flip
+    return out
+
+
+def epoch_order(recipe: Recipe, epoch: int, n: int) -> np.ndarray:
+    """Which image sits at each position of ``epoch``: ascending random keys, ties by index."""
+    if recipe.order == "sequential":
+        return np.arange(n, dtype=np.int64)
+    keys = random_u64(recipe.seed, STREAM_ORDER, epoch, np.arange(n), 0)
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How position ``p`` is mixed with its partner (a position in the same mix group)."""
+
+    partner: int
+    lam: float  # weight of the position's own crop (mixup), or 1 - box area fraction (cutmix)
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # cutmix: y0, x0, y1, x1 in output pixels
+
+
+def mix_for(recipe: Recipe, epoch: int, position: int, n: int) -> Mix | None:
+    """The mix of ``position``; ``None`` without mixing. One lambda and box per group, as in SRe2L."""
+    if recipe.mix == "none":
+        return None
+    g, b = divmod(position, recipe.mix_group)
+    start = g * recipe.mix_group
+    members = min(recipe.mix_group, n - start)
+    keys = random_u64(recipe.seed, STREAM_MIX, epoch, g, MIX_DRAW_PARTNER + np.arange(members))
+    perm = np.argsort(keys, kind="stable")  # partner of member j is member perm[j] (torch.randperm style)
+    partner = start + int(perm[b])
+    u = uniform(recipe.seed, STREAM_MIX, epoch, g, np.arange(3))
+    lam = float(u[MIX_DRAW_LAM])
+    if recipe.mix == "mixup":
+        return Mix(partner, lam)
+    s = recipe.size
+    cut = int(s * math.sqrt(1.0 - lam))
+    cy, cx = int(_randint(u[MIX_DRAW_CY:MIX_DRAW_CY + 1], s)[0]), int(_randint(u[MIX_DRAW_CX:MIX_DRAW_CX + 1], s)[0])
+    y0, y1 = min(max(cy - cut // 2, 0), s), min(max(cy + cut // 2, 0), s)
+    x0, x1 = min(max(cx - cut // 2, 0), s), min(max(cx + cut // 2, 0), s)
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / (s * s)  # the label weight the pasted area really has
+    return Mix(partner, lam, (y0, x0, y1, x1))
+
+
+# --------------------------------------------------------------------------- rendering
+def render(image: np.ndarray, box, recipe: Recipe) -> torch.Tensor:
+    """The normalised crop ``[channels, size, size]`` float32 of a uint8 ``[H, W, C]`` image.
+
+    One fixed sequence of torch ops, used by both the teacher and the student side, so a
+    replayed crop equals the teacher's bit for bit on the same machine and torch version.
+    Bilinear resizing is antialiased only when the crop is larger than the output (downscaling).
+    """
+    y, x, h, w, flip = int(box["y"]), int(box["x"]), int(box["h"]), int(box["w"]), bool(box["flip"])
+    t = torch.from_numpy(np.array(image[y:y + h, x:x + w], copy=True)).permute(2, 0, 1)[None].float()
+    s = recipe.size
+    if (h, w) != (s, s):
+        t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=h > s or w > s)
+    if flip:
+        t = t.flip(-1)
+    t = t[0]
+    if t.shape[0] != recipe.channels:
+        t = t.expand(recipe.channels, -1, -1) if t.shape[0] == 1 else t.mean(0, keepdim=True)
+    scale, shift = _affine(recipe.mean, recipe.std, recipe.invert)
+    return torch.addcmul(shift, t, scale)  # (t / 255 - mean) / std, or with 255 - t when inverting
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], invert: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale, shift`` with ``scale * pixel + shift`` = the normalised (inverted) pixel."""
+    m = torch.tensor(mean, dtype=torch.float64)[:, None, None]
+    sd = torch.tensor(std, dtype=torch.float64)[:, None, None]
+    scale = (-1.0 if invert else 1.0) / (255.0 * sd)
+    shift = ((1.0 if invert else 0.0) - m) / sd
+    return scale.float(), shift.float()
+
+
+def apply_mix(own: torch.Tensor, other: torch.Tensor, mix: Mix, kind: str) -> torch.Tensor:
+    if kind == "mixup":
+        return mix.lam * own + (1.0 - mix.lam) * other
+    y0, x0, y1, x1 = mix.box
+    out = own.clone()
+    out[:, y0:y1, x0:x1] = other[:, y0:y1, x0:x1]
+    return out
+
+
+def box_array(boxes: np.ndarray) -> np.ndarray:
+    """Boxes as ``int64 [n, 5]`` (y, x, h, w, flip), e.g. for comparison or export."""
+    return np.stack([boxes[k].astype(np.int64) for k in ("y", "x", "h", "w", "flip")], axis=1)
+
+
+__all__ = ["Recipe", "Mix", "crop_boxes", "epoch_order", "mix_for", "render", "apply_mix", "uniform",
+           "random_u64", "BOX_DTYPE", "box_array"]
