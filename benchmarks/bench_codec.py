@@ -26,7 +26,7 @@ from rich.table import Table
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from slc.codecs import VQAECodec  # noqa: E402
-from slc.compression import plan_for  # noqa: E402
+from slc.codecs.planner import plan_for  # noqa: E402
 from slc.codecs.labels import to_logp  # noqa: E402
 from slc.codecs.vqae import FitConfig  # noqa: E402
 

@@ -233,7 +233,7 @@ def breakdown(model, images: str, recipe: Recipe, args, teacher_s_per_crop: floa
     from torch.utils.data import DataLoader
 
     from slc.codecs import TopKCodec, VQAECodec
-    from slc.compression import plan_for
+    from slc.codecs.planner import plan_for
     from slc.codecs.labels import to_logp
     from slc.codecs.vqae import FitConfig
 

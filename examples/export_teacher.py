@@ -11,7 +11,7 @@ The model expects (x - 127) / 128 on 0..255 RGB, i.e. `slc encode --mean 0.498,0
 """
 import argparse
 
-from slc.bench.codecs.demo import export_teacher
+from slc.bench.demo import export_teacher
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -15,7 +15,7 @@ def check_output(path: str, force: bool) -> None:
     if os.path.isdir(path):
         raise SlcInputError(f"expected an output file path, got a directory: {path}")
     if os.path.exists(path) and not force:
-        raise SlcInputError(f"output exists: {path} (use --force to overwrite)")
+        raise SlcInputError(f"output exists: {path} (use `force=True` to overwrite)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise SlcInputError(f"expected an existing output folder, got {folder} (no such directory)")
@@ -49,7 +49,7 @@ def atomic_path(path: str, force: bool = False) -> Iterator[str]:
         yield tmp
         fsync_path(tmp)
         if os.path.exists(path) and not force:  # appeared while we worked
-            raise SlcInputError(f"output exists: {path} (use --force to overwrite)")
+            raise SlcInputError(f"output exists: {path} (use `force=True` to overwrite)")
         os.replace(tmp, path)
         fsync_folder(path)
     except BaseException as e:

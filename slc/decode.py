@@ -42,6 +42,8 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
     ``sparse`` (token files): per token the stored words, log-probabilities and tail, as records of
     :func:`sparse_dtype` (npy) or datasets ``indices``, ``logp``, ``tail`` and ``offsets`` (HDF5).
     """
+    if temperature is not None and not temperature > 0:
+        raise SlcInputError(f"expected a `temperature` > 0, got {temperature}")
     dt = np.dtype(dtype).newbyteorder("<")
     kind = "npy" if output == "-" or output.lower().endswith(".npy") else "h5" if output.lower().endswith(
         (".h5", ".hdf5")) else None
@@ -63,7 +65,7 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
         if sparse:
             k = f.sparse_codec.k
             if temperature not in (None, f.temperature) or out != "probs" or dt != np.dtype("<f4"):
-                raise SlcInputError("expected no --temperature, --logits or --dtype with --sparse (it writes the stored "
+                raise SlcInputError("expected no `temperature`, `out='logits'` or `dtype` with `sparse=True` (it writes the stored "
                                     "log-probabilities)")
             dt, shape = sparse_dtype(k), (n,)
             blocks = _sparse_records(f, start, stop_, dt)

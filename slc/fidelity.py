@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slc.codecs.labels import as_tensor, check_block, to_logp
+from slc.codecs.labels import as_tensor, check_block, kl_to_decoded, to_logp
 from slc.errors import SlcInputError
 from slc.reader import SlcFile
 from slc.sources import open_labels
@@ -20,8 +20,7 @@ class Fidelity:
 
     def update(self, ref_logp: np.ndarray, decoded_probs: np.ndarray) -> None:
         ref, dec = as_tensor(ref_logp), as_tensor(decoded_probs)
-        p = ref.exp()
-        self.kl += float((p * (ref - dec.clamp_min(1e-30).log())).sum(1).clamp_min(0).sum())
+        self.kl += float(kl_to_decoded(ref_logp, decoded_probs).sum())
         self.top1 += float((ref.argmax(1) == dec.argmax(1)).sum())
         k = min(5, ref.shape[1])
         a, b = ref.topk(k, 1).indices, dec.topk(k, 1).indices

@@ -1,10 +1,23 @@
 """Where the bytes of a ``.slc`` go, and what the same bytes would buy with the paper's baselines."""
 from __future__ import annotations
 
+from slc.codecs.base import TokenCodec
 from slc.format.container import ENTRY, PREAMBLE
 from slc.reader import SlcFile
 from slc.codecs.planner import dense_bytes, paper_pca_bytes, paper_topk_bytes
 from slc.format.sections import TOKENS_IDS
+
+
+def inspect(path: str, against: str | None = None) -> dict:
+    """What ``slc inspect`` shows: :func:`breakdown`, and with ``against`` (the original labels) the fidelity."""
+    from slc.fidelity import fidelity_against
+    from slc.reader import open_slc
+
+    with open_slc(path) as f:
+        info = breakdown(f)
+        if against:
+            info["fidelity"] = fidelity_against(f, against)
+    return info
 
 
 def breakdown(f: SlcFile) -> dict:
@@ -57,7 +70,7 @@ def _without_fit(params: dict) -> dict:
 
 def token_summary(f: SlcFile) -> dict | None:
     """Per-token sizes of a token-level file, against dense fp16 and against top-k in bf16 with int32 indices."""
-    if not hasattr(f.codec, "decode_sparse"):
+    if not isinstance(f.codec, TokenCodec):
         return None
     h, k = f.header, f.codec.k
     ids = f.layout.sections.get(TOKENS_IDS)

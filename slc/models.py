@@ -186,7 +186,7 @@ def _looks_like_pickle(path: Path) -> bool:
 def _load_pickled(path: Path, *, trust_pickle: bool, log: Callable[[str], None] | None) -> torch.nn.Module:
     name = str(path)
     if trust_pickle:
-        msg = f"warning: unpickling {name!r} (--trust-pickle): unpickling runs arbitrary code from the file; only do this for files you trust"
+        msg = f"warning: unpickling {name!r} (`trust_pickle=True`): unpickling runs arbitrary code from the file; only do this for files you trust"
         if log is not None:  # once: on the caller's log, else as a Python warning
             log(msg)
         else:
@@ -205,7 +205,7 @@ def _load_pickled(path: Path, *, trust_pickle: bool, log: Callable[[str], None] 
                 raise SlcInputError(f"expected a TorchScript, torch.export or torch.save file, got {name!r} ({_one_line(e)})") from e
             raise SlcInputError(
                 f"expected a teacher that loads without unpickling code, got {name!r}, a pickled model: loading it runs "
-                "arbitrary code from the file; pass --trust-pickle if you trust it, or export it with torch.jit.save / torch.export.save"
+                "arbitrary code from the file; pass `trust_pickle=True` if you trust it, or export it with torch.jit.save / torch.export.save"
             ) from e
         except Exception as e:
             raise SlcInputError(f"expected a TorchScript, torch.export or torch.save file, got {name!r} ({_one_line(e)})") from e
@@ -214,7 +214,7 @@ def _load_pickled(path: Path, *, trust_pickle: bool, log: Callable[[str], None] 
     if _find_state_dict(obj) is not None:
         raise SlcInputError(
             f"expected a whole model, got {name!r}, a state_dict (weights without an architecture): "
-            "pass the architecture as 'package.module:factory' with --weights FILE"
+            "pass the architecture as 'package.module:factory' with `weights`"
         )
     raise SlcInputError(f"expected a pickled torch.nn.Module, got {name!r} holding {_describe(obj)}")
 

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from slc.codecs import codec_class
-from slc.codecs.base import Codec, Kind
+from slc.codecs.base import Codec, Kind, TokenCodec
 from slc.format.container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
                         read_header, read_layout, read_section)
 from slc.errors import SlcFormatError, SlcInputError, expect
@@ -170,9 +170,8 @@ class SlcFile:
 
     # ---------------------------------------------------------------- token-level labels
     @property
-    def sparse_codec(self):
-        decode = getattr(self.codec, "decode_sparse", None)
-        if decode is None:
+    def sparse_codec(self) -> TokenCodec:
+        if not isinstance(self.codec, TokenCodec):
             raise SlcInputError(f"expected a token-level file (codec topk-vq) for sparse labels, got codec {self.codec.name!r}")
         return self.codec
 

@@ -45,8 +45,8 @@ def preflight(out: str, force: bool, resume: bool) -> bool:
     check_output(out, force)
     leftover = any(os.path.exists(p) for p in (partial_path(out), journal_path(out), state_path(out)))
     if leftover and not resume and not force:
-        raise SlcInputError(f"expected no interrupted run at {out}, got {partial_path(out)}; pass --resume to "
-                            "continue it or --force to start over")
+        raise SlcInputError(f"expected no interrupted run at {out}, got {partial_path(out)}; pass `resume=True` to "
+                            "continue it or `force=True` to start over")
     return leftover
 
 
@@ -105,7 +105,7 @@ class ResumableOutput:
             chunks_start = int(meta["chunks_start"])
         except (ValueError, KeyError, TypeError) as e:
             raise SlcInputError(f"expected a readable resume journal, got {self.journal} ({e}); "
-                                "pass --force to start over") from None
+                                "pass `force=True` to start over") from None
         self._check_request(meta.get("request", {}))
         data: dict[str, bytes] = {}
         with open(self.partial, "rb") as f:
@@ -114,7 +114,7 @@ class ResumableOutput:
                 blob = f.read(s.length)
                 if len(blob) != s.length or crc32(blob) != s.crc:
                     raise SlcInputError(f"expected section {s.name!r} of {self.partial} intact to resume, got a "
-                                        "damaged file; pass --force to start over")
+                                        "damaged file; pass `force=True` to start over")
                 data[s.name] = blob
             entries, crc, pos = [], 0, 0
             for i in range(len(body) // CHUNK.size):
@@ -134,7 +134,7 @@ class ResumableOutput:
                 with np.load(self.state, allow_pickle=False) as z:
                     state = {k: z[k] for k in z.files}
             except (OSError, ValueError) as e:
-                raise SlcInputError(f"expected a readable {self.state} to resume, got {e}; pass --force to start "
+                raise SlcInputError(f"expected a readable {self.state} to resume, got {e}; pass `force=True` to start "
                                     "over") from None
         self.log(f"resume: {len(entries)} finished chunks in {self.partial} ({chunks_start + pos:,} bytes)")
         return Resumed(sections, chunks_start, entries, crc, data, state)
@@ -145,7 +145,7 @@ class ResumableOutput:
                 for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
         if diff:
             raise SlcInputError(f"expected the parameters of the interrupted run to resume, got a different "
-                                f"{'; '.join(diff[:4])}; rerun with the original ones or pass --force to start over")
+                                f"{'; '.join(diff[:4])}; rerun with the original ones or pass `force=True` to start over")
 
     # ---------------------------------------------------------------- writing
     def open(self) -> ContainerWriter:
@@ -184,7 +184,7 @@ class ResumableOutput:
         ``state``: arrays the codec needs to go on encoding that the file does not hold.
         """
         w = self.writer
-        assert w is not None and w._chunks_start is not None and self._f is not None
+        assert w is not None and w.chunks_start is not None and self._f is not None
         self._f.flush()
         os.fsync(self._f.fileno())
         if state:
@@ -193,7 +193,7 @@ class ResumableOutput:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, self.state)
-        head = {"slc_journal": JOURNAL_VERSION, "request": self.request, "chunks_start": w._chunks_start,
+        head = {"slc_journal": JOURNAL_VERSION, "request": self.request, "chunks_start": w.chunks_start,
                 "sections": [[s.name, s.offset, s.length, s.crc, s.flags] for s in w.sections]}
         tmp = self.journal + ".tmp"
         with open(tmp, "wb") as j:
@@ -221,7 +221,7 @@ class ResumableOutput:
         os.fsync(self._f.fileno())
         self._f.close()
         if os.path.exists(self.out) and not force:  # appeared while we worked
-            raise SlcInputError(f"output exists: {self.out} (use --force to overwrite)")
+            raise SlcInputError(f"output exists: {self.out} (use `force=True` to overwrite)")
         os.replace(self.partial, self.out)
         self._close_journal()
         for p in (self.journal, self.state):
@@ -266,7 +266,7 @@ class ResumableOutput:
         name_the_output(exc, self.out)
         if interrupted:
             exc.slc_hint = (f"{len(self.writer.index)} finished chunks are kept in {self.partial}; rerun the "
-                            "same command with --resume to continue" if keep and self.writer is not None
+                            "same command with `resume=True` to continue" if keep and self.writer is not None
                             else "no output was written")
 
 

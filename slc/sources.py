@@ -184,8 +184,18 @@ class SlcSource(LabelSource):
         self.f.close()
 
 
-def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource", kinds: str = "f") -> LabelSource:
-    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), ``path.slc``, ``-`` for an npy stream on stdin, or an array."""
+def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource", kinds: str = "f", *,
+                indices: "str | os.PathLike | np.ndarray | None" = None, vocab: int | None = None) -> LabelSource:
+    """``path.npy``, ``path.h5:/dataset`` (or ``.hdf5``), ``path.slc``, ``-`` for an npy stream on stdin, or an array.
+
+    With ``indices`` and ``vocab``: already-sparse token labels, ``spec`` holding their values
+    (:class:`SparseSource`).
+    """
+    if (indices is None) != (vocab is None):
+        raise SlcInputError("expected `indices` and `vocab` together (already-sparse input), got only one")
+    if indices is not None:
+        values = open_labels(spec, kinds)
+        return SparseSource(values, open_labels(indices, kinds="iu"), vocab)
     if isinstance(spec, LabelSource):
         return spec
     if isinstance(spec, np.ndarray):
@@ -206,6 +216,19 @@ def open_labels(spec: "str | os.PathLike | np.ndarray | LabelSource", kinds: str
         if f.read(4) == b"\x89SLC":
             return SlcSource(spec)
     return NpySource(open(spec, "rb"), spec, kinds=kinds)
+
+
+def read_ints(path: str | None, what: str) -> np.ndarray | None:
+    """A small integer ``.npy`` (sequence offsets, token ids), read without unpickling."""
+    if path is None:
+        return None
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SlcInputError(f"expected an .npy of integers for `{what}`, got {path} ({e})") from None
+    if a.dtype.kind not in "iu":
+        raise SlcInputError(f"expected integers in `{what}` {path}, got dtype {a.dtype}")
+    return a
 
 
 class SparseSource(LabelSource):

@@ -126,7 +126,7 @@ def test_compress_resume_after_interrupt_is_byte_identical(tmp_path, z):
     with pytest.raises(KeyboardInterrupt) as info:
         slc.compress(str(npy), out, codec="vqae", ratio=6, chunk_size=200, fit_config=FAST, resume=True,
                      progress=stop_after_three)
-    assert "--resume" in info.value.slc_hint and not out.exists()
+    assert "`resume=True`" in info.value.slc_hint and not out.exists()
     with pytest.raises(slc.SlcInputError, match="ratio"):
         slc.compress(str(npy), out, codec="vqae", ratio=7, chunk_size=200, fit_config=FAST, resume=True)
     logs = []

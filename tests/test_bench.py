@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from slc.bench.codecs.codecs import BenchConfig, parse_spec, run_bench
-from slc.compression import fit_sample
+from slc.bench.codecs import BenchConfig, parse_spec, run_bench
+from slc.sample import fit_sample
 from slc.errors import SlcInputError
 from slc.sources import ArraySource
 from tests.conftest import run_slc, synthetic_logits
@@ -86,7 +86,7 @@ def test_bench_students_floor_ceiling_and_pruned_rows(tmp_path, folder):  # noqa
 
 
 def test_a_kl_within_one_percent_is_a_tie_not_a_win():
-    from slc.bench.codecs.codecs import verdicts
+    from slc.bench.codecs import verdicts
 
     rows = [{"codec": "auto", "target": 10.0, "bytes": 1000, "ratio": 10.0, "kl": {4.0: 1.000e-3}, "pruned": False,
              "picked_by_t": {4.0: "topk"}},

@@ -148,7 +148,7 @@ def test_torch_export_program(lm, tmp_path):
 def test_pickled_checkpoints_need_allow_pickle(lm, tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(lm, str(path))
-    with pytest.raises(SlcInputError, match="got a pickled checkpoint .*pass --allow-pickle"):
+    with pytest.raises(SlcInputError, match="got a pickled checkpoint .*pass `allow_pickle=True`"):
         load_lm_teacher(str(path))
     with pytest.warns(UserWarning, match="arbitrary code"):
         t = load_lm_teacher(str(path), allow_pickle=True)
@@ -165,7 +165,7 @@ def test_pickled_checkpoints_need_allow_pickle(lm, tmp_path):
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     torch.save(lm.state_dict(), str(hf / "pytorch_model.bin"))
-    with pytest.raises(SlcInputError, match="got a pickled checkpoint .*pass --allow-pickle"):
+    with pytest.raises(SlcInputError, match="got a pickled checkpoint .*pass `allow_pickle=True`"):
         load_lm_teacher(str(hf))
 
 
@@ -391,7 +391,7 @@ def test_hugging_face_pickled_weights(gpt2_dir, tmp_path):
     path.mkdir()
     (path / "config.json").write_bytes((src / "config.json").read_bytes())
     torch.save(model.state_dict(), str(path / "pytorch_model.bin"))
-    with pytest.raises(SlcInputError, match="pickled checkpoint .*--allow-pickle"):
+    with pytest.raises(SlcInputError, match="pickled checkpoint .*`allow_pickle=True`"):
         load_lm_teacher(str(path))
     with pytest.warns(UserWarning, match="arbitrary code"):
         t = load_lm_teacher(str(path), allow_pickle=True)

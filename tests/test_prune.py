@@ -75,7 +75,7 @@ def test_pruned_stored_boxes_and_mixing_follow_their_epoch(tmp_path):
 
 
 def test_large_box_sections_are_cut_by_epoch_from_any_part_sizes():
-    from slc.compression import _epochs_of
+    from slc.extras import _epochs_of
 
     data = bytes(range(256)) * 3  # 6 "epochs" of 128 bytes
     for part in (1, 7, 128, 500, 10_000):

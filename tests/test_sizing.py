@@ -3,7 +3,7 @@
 import pytest
 
 from slc.errors import SlcInputError
-from slc.compression import plan_for
+from slc.codecs.planner import plan_for
 from slc.codecs.planner import (GB, Frame, dense_bytes, paper_pca_bytes, paper_topk_bytes, paper_vq_bytes, parse_size,
                         plan_vqae, vqae_bytes)
 

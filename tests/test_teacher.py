@@ -122,7 +122,7 @@ def test_factory_weights_nested_or_prefixed(tmp_path, net, x, wrap):
 def test_pickled_module_needs_trust(tmp_path, net, x):
     path = tmp_path / "whole.pt"
     torch.save(net, path)
-    with pytest.raises(SlcInputError, match=r"pickled model.*arbitrary code.*--trust-pickle"):
+    with pytest.raises(SlcInputError, match=r"pickled model.*arbitrary code.*`trust_pickle=True`"):
         load_teacher(str(path))
     logged: list[str] = []
     with warnings.catch_warnings():
@@ -137,7 +137,7 @@ def test_pickled_module_needs_trust(tmp_path, net, x):
 def test_legacy_non_zip_pickle_refused(tmp_path, net):
     path = tmp_path / "old.pt"
     torch.save(net, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(SlcInputError, match="--trust-pickle"):
+    with pytest.raises(SlcInputError, match="`trust_pickle=True`"):
         load_teacher(str(path))
 
 
@@ -145,7 +145,7 @@ def test_legacy_non_zip_pickle_refused(tmp_path, net):
 def test_state_dict_without_architecture(tmp_path, net, nested):
     path = tmp_path / "sd.pt"
     torch.save({"state_dict": net.state_dict()} if nested else net.state_dict(), path)
-    with pytest.raises(SlcInputError, match=r"state_dict.*module:factory.*--weights"):
+    with pytest.raises(SlcInputError, match=r"state_dict.*module:factory.*`weights`"):
         load_teacher(str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -326,7 +326,7 @@ def test_decode_sparse_to_npy_stdout_and_hdf5(tmp_path, token_file):
         np.testing.assert_array_equal(h["offsets"][:], [0, 10, 260, 310])  # sequences cut to the range
         assert h.attrs["vocab"] == 3000
     q = run_slc("decode", out, "--sparse", "-T", "2", "-o", tmp_path / "t.npy")
-    assert q.returncode == 1 and last_line(q).startswith("Error: expected no --temperature")
+    assert q.returncode == 1 and last_line(q).startswith("Error: expected no -T, --logits or --dtype with --sparse")
     q = run_slc("decode", GOLDEN / "v1.0-topk.slc", "--sparse", "-o", tmp_path / "t.npy")
     assert q.returncode == 1 and last_line(q) == ("Error: expected a token-level file (codec topk-vq) for sparse "
                                                   "labels, got codec 'topk'")

@@ -101,12 +101,12 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, folder, labels, tiny)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt) as e:  # during epoch 2 of 3 (40 crops an epoch)
         train_student(labels, folder, out, cfg, progress=stop_after(40))
-    assert "1 of 3 epochs" in e.value.slc_hint and "--resume" in e.value.slc_hint
+    assert "1 of 3 epochs" in e.value.slc_hint and "`resume=True`" in e.value.slc_hint
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 0 and [r["epoch"] for r in json.loads(ck["rows"])] == [0]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
     # without --resume the interrupted run is in the way
-    with pytest.raises(SlcInputError, match="pass --resume to continue it or --force"):
+    with pytest.raises(SlcInputError, match="pass `resume=True` to continue it or `force=True`"):
         train_student(labels, folder, out, cfg)
     # the real CLI continues it; --workers and --device may change
     p = run_slc("train-student", folder, labels, "-o", out, "--student", tiny, "--epochs", "3", "--batch-size", "16",
@@ -119,7 +119,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, folder, labels, tiny)
     b = torch.load(out / "student.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # nothing to resume: a finished run's outputs still need --force; with it, a fresh run
-    with pytest.raises(SlcInputError, match="use --force"):
+    with pytest.raises(SlcInputError, match="use `force=True`"):
         train_student(labels, folder, out, cfg, resume=True)
     logged = []
     train_student(labels, folder, out, cfg, resume=True, force=True, log=logged.append)

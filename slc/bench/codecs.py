@@ -18,16 +18,16 @@ from typing import Callable
 
 import numpy as np
 
-from slc.compression import compress
+from slc.bench.report import keep_folder
+from slc.compression import CompressOptions, compress
 from slc.errors import SlcError, SlcInputError
 from slc.codecs.labels import detect_source, to_logp
 from slc.fidelity import Fidelity
-from slc.codecs.presets import PRESETS
+from slc.codecs.presets import DEFAULT, LOSSLESS, PRESETS
 from slc.reader import open_slc
 from slc.sources import SlcSource, open_labels
-from slc.codecs.vqae import FitConfig
 
-DEFAULT_CODECS = ("auto", "vqae", "vqae-paper", "vq-noae", "topk", "topk-mr", "topk-mrs", "pca", "quant",
+DEFAULT_CODECS = (DEFAULT, "vqae", "vqae-paper", "vq-noae", "topk", "topk-mr", "topk-mrs", "pca", "quant",
                   "prune4+vqae")
 DEFAULT_RATIOS = (10.0, 20.0, 40.0, 100.0, 200.0)
 MAX_SCORED = 65536  # held-out labels scored per row (spread over epochs)
@@ -35,16 +35,20 @@ MAX_SCORED = 65536  # held-out labels scored per row (spread over epochs)
 
 @dataclass
 class BenchConfig:
+    """Which rows to make and how to score them; ``options``: what every row's file shares (the codec,
+    ratio and temperature are each row's)."""
+
     codecs: tuple[str, ...] = DEFAULT_CODECS
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     temperatures: tuple[float, ...] | None = None  # default: the file's T (.slc) or 1
     holdout: float = 0.2
-    fit_steps: int | None = None
-    fit_labels: int | None = None
-    seed: int = 0
-    chunk_size: int = 4096
-    source: str = "auto"
+    fit_steps: int | None = None  # VQAE fits: each preset's recipe with this many steps
+    options: CompressOptions = field(default_factory=lambda: CompressOptions(chunk_size=4096))
     max_scored: int = MAX_SCORED
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
 
 
 @dataclass
@@ -62,13 +66,10 @@ def parse_spec(name: str) -> Spec:
     """``vqae``, ``prune`` (LPLD alone, dense fp16), ``prune4+vqae`` (LPLD x codec, default factor 4)."""
     m = re.fullmatch(r"prune([0-9.]*)(?:\+(.+))?", name)
     if m:
-        factor = float(m.group(1)) if m.group(1) else None
-        codec = m.group(2) or "fp16"
-        if codec not in PRESETS or codec in ("fp32",) or (codec == "fp16" and m.group(1)):
+        p = PRESETS.get(m.group(2) or LOSSLESS)
+        if p is None or (m.group(2) and not p.sized) or (not m.group(2) and m.group(1)):
             raise SlcInputError(f"expected prune, pruneR+CODEC or a codec in {list(PRESETS)}, got {name!r}")
-        if m.group(2) and factor is None:
-            factor = 4.0
-        return Spec(name, codec, factor)
+        return Spec(name, p.name, (float(m.group(1)) if m.group(1) else 4.0) if m.group(2) else None)
     if name not in PRESETS:
         raise SlcInputError(f"expected a codec in {list(PRESETS)} (or prune, pruneR+CODEC), got {name!r}")
     return Spec(name, name)
@@ -109,6 +110,43 @@ def score(path: str, ref: Scored) -> tuple[dict, float, int]:
     return meter.result(), seconds, decoded
 
 
+@dataclass
+class Students:
+    """One student per row (``bench --student``), trained with ``config`` (a ``TrainConfig``) on ``images``,
+    scored against ``teacher`` on ``heldout`` images, or on ``val``'s ground truth."""
+
+    images: str
+    config: object
+    teacher: str | None = None
+    heldout: str | None = None
+    val: str | None = None
+
+
+def bench(labels, cfg: BenchConfig = BenchConfig(), *, keep: str | None = None, force: bool = False,
+          students: Students | None = None, log: Callable[[str], None] | None = None,
+          progress: Callable[[str, int], Callable | None] | None = None) -> dict:
+    """:func:`run_bench`, its files kept in ``keep`` (a new or empty folder, or any with ``force``), plus the
+    students, the floor (hard labels) and the ceiling (the input) with ``students``."""
+    if students and not (students.teacher and students.heldout or students.val):
+        raise SlcInputError("expected `teacher` with `heldout`, or `val`, to score the students; got neither")
+    scratch = None
+    if students and not keep:  # students need the files for a while: a folder removed at the end
+        scratch = tempfile.TemporaryDirectory(prefix="slc-bench-")
+        keep = scratch.name
+    if keep:
+        keep_folder(keep, force)
+    try:
+        result = run_bench(labels, cfg, workdir=keep, log=log)
+        if students:
+            result["reference_rows"] = train_students(result, students.images, keep, students.config,
+                                                      teacher=students.teacher, heldout=students.heldout,
+                                                      val=students.val, log=log, progress=progress)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    return result
+
+
 def run_bench(labels, cfg: BenchConfig = BenchConfig(), *, workdir: str | None = None,
               log: Callable[[str], None] | None = None, on_row: Callable[[dict], None] | None = None) -> dict:
     """Compress ``labels`` with every codec at every ratio; returns ``{"rows": [...], ...}``.
@@ -133,13 +171,13 @@ def run_bench(labels, cfg: BenchConfig = BenchConfig(), *, workdir: str | None =
         start = n - max(1, round(n * cfg.holdout))
         if start < 1:
             raise SlcInputError(f"expected at least 2 samples per epoch to hold some out, got {n}")
-        kind = cfg.source if cfg.source != "auto" else (
+        kind = cfg.options.source if cfg.options.source != "auto" else (
             "logits" if isinstance(src, SlcSource) else detect_source(src.read(0, 0, min(n, 256))))
         temps = cfg.temperatures or ((src.f.temperature,) if isinstance(src, SlcSource) else (1.0,))
         notes = []
         if isinstance(src, SlcSource) and src.f.header.codec != "dense":
             notes.append(f"{src.name} is already compressed ({src.f.header.codec}): each row is scored against its "
-                         "labels, not the teacher's; bench dense labels (slc encode --codec fp16) to compare codecs")
+                         "labels, not the teacher's; bench dense labels (encoded with `codec='fp16'`) to compare codecs")
             log(f"note: {notes[-1]}")
         per = n - start
         scored_epochs = list(range(e_count))[:: max(1, -(-e_count * per // cfg.max_scored))]
@@ -151,7 +189,7 @@ def run_bench(labels, cfg: BenchConfig = BenchConfig(), *, workdir: str | None =
         wd = workdir or tmp.name
         try:
             for spec in specs:
-                sized = spec.codec not in ("fp16", "fp32") or spec.pruned
+                sized = PRESETS[spec.codec].sized or spec.pruned
                 for ratio in (cfg.ratios if sized else (None,)):
                     row = bench_row(src, kind, spec, ratio, temps, refs, start, cfg, wd, log)
                     rows.append(row)
@@ -178,18 +216,16 @@ def bench_row(src, kind: str, spec: Spec, ratio: float | None, temps, refs: dict
     label = f"{spec.name}" + (f" {ratio:g}x" if ratio else "")
     for t in temps:
         path = os.path.join(wd, f"{spec.name}-{ratio or 1:g}x-T{t:g}.slc")
-        kw = {}
-        if cfg.fit_steps and spec.codec in ("vqae", "vqae-paper", "auto"):
-            kw["fit_config"] = (FitConfig.paper if spec.codec == "vqae-paper" else FitConfig)(steps=cfg.fit_steps)
-        if cfg.fit_labels:
-            kw["fit_labels"] = cfg.fit_labels
+        p = PRESETS[spec.codec]
         codec_ratio, prune = ratio, spec.prune
         if spec.name == "prune":  # LPLD alone: the prune factor is the ratio, labels stay fp16
             prune, codec_ratio = ratio, None
+        fit_config = p.fit_config(cfg.fit_steps) if cfg.fit_steps and p.fits_vqae else None
+        opts = CompressOptions.of(cfg.options, codec=spec.codec, source=kind, temperature=t, ratio=codec_ratio,
+                                  prune=prune, fit_samples=start, fit_config=fit_config)
         t0 = time.perf_counter()
         try:
-            r = compress(src, path, codec=spec.codec, source=kind, temperature=t, ratio=codec_ratio,
-                         chunk_size=cfg.chunk_size, seed=cfg.seed, force=True, prune=prune, fit_samples=start, **kw)
+            r = compress(src, path, opts, force=True)
         except SlcError as e:
             row["error"] = str(e)
             log(f"{label}: {short_error(str(e)) if UNREACHABLE.search(str(e)) else e}")
@@ -243,7 +279,7 @@ def verdicts(rows: list[dict], temps: list[float]) -> list[str]:
     lines = []
     for t in temps:
         for r in rows:
-            if r["codec"] != "auto" or "error" in r or t not in r["kl"]:
+            if r["codec"] != DEFAULT or "error" in r or t not in r["kl"]:
                 continue
             picked = r["picked_by_t"][t]
             if t in r.get("front", []):
@@ -289,7 +325,7 @@ def train_students(result: dict, images: str, out_dir: str, tc, *, teacher: str 
         cfg = replace(tc, hard=bool(row.get("hard")), sampling="lpld" if row.get("pruned") else tc.sampling)
         log(f"student {i + 1}/{len(todo)}: {name}")
         res = train_student(row["path"], images, run, cfg, teacher=teacher, heldout=heldout, val=val, force=True,
-                            progress=progress(name, cfg.epochs * n) if progress else None)
+                            progress=progress(name, (cfg.epochs or e_count) * n) if progress else None)
         row["student"] = {k: v for k, v in {**res.get("heldout", {}), **res.get("val", {})}.items()
                           if isinstance(v, (int, float))}
         row["student_dir"] = run
@@ -341,7 +377,7 @@ def columns(row: dict, result: dict, students: bool = False) -> list[str]:
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         by_t = list(row.get("picked_by_t", {}).values())  # in temperature order
         picked = by_t[0] if len(set(by_t)) == 1 else "/".join(by_t)
-        cells = [row["codec"] + (f" ({picked})" if row["codec"] == "auto" and picked else ""),
+        cells = [row["codec"] + (f" ({picked})" if row["codec"] == DEFAULT and picked else ""),
                  target, f"{row['bytes']:,}" if row.get("bytes") else "-", f"{row['ratio']:.1f}x"]
         cells += [f"{row['kl'][t]:.4f}{star}" if t in row["kl"] else "-" for t in temps]
         cells += [pct(row.get("top1")), pct(row.get("top5")), _rate(row.get("encode_lps")),
@@ -378,7 +414,7 @@ def markdown(result: dict, students: bool = False) -> str:
 
 def plot(result: dict, path: str, force: bool = False) -> None:
     """KL against bytes, one line per codec, a panel per temperature (and one for students)."""
-    from slc.bench.codecs.plots import pyplot, save_png
+    from slc.bench.plots import pyplot, save_png
 
     plt = pyplot()
     import matplotlib.ticker
@@ -396,7 +432,7 @@ def plot(result: dict, path: str, force: bool = False) -> None:
             pts = sorted((r for r in rows if t in r["kl"] and not r["pruned"]), key=lambda r: r["bytes"])
             if pts:
                 ax.plot([r["bytes"] for r in pts], [max(r["kl"][t], 1e-6) for r in pts], "o-", label=codec,
-                        lw=2.5 if codec == "auto" else 1.2)
+                        lw=2.5 if codec == DEFAULT else 1.2)
         ax.set(xscale="log", yscale="log", xlabel="file bytes", ylabel=f"KL(input || decoded) at T={t:g}",
                title=f"rate-distortion, T={t:g} (held out)")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2x10^5, 3x10^5... overlap

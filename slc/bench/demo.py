@@ -113,13 +113,13 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig = FULL, *, force: bool 
     ``resume``: continue an interrupted demo in ``out_dir`` (same config): finished files are
     reused, an interrupted encode, compress or student continues from its last chunk or epoch.
     """
-    from slc.bench.codecs.plots import require_matplotlib
+    from slc.bench.plots import require_matplotlib
 
     require_matplotlib("the demo's plot")
     hooks = hooks or Hooks()
     out = Path(out_dir)
     _claim_folder(out, cfg, force, resume)
-    hooks.log(f"slc demo{' --quick' if cfg == QUICK else ''}: {'about 1 minute' if cfg == QUICK else 'about 9 minutes'} on "
+    hooks.log(f"slc demo{' (quick)' if cfg == QUICK else ''}: {'about 1 minute' if cfg == QUICK else 'about 9 minutes'} on "
               f"2 idle CPU cores; everything goes to {out}/" + (" (resuming)" if resume else ""))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -169,12 +169,12 @@ def _claim_folder(out: Path, cfg: DemoConfig, force: bool, resume: bool) -> None
     if resume and (out / CONFIG).is_file():
         then = json.loads((out / CONFIG).read_text())
         if then != json.loads(json.dumps(asdict(cfg))):
-            quick = "--quick" if then.get("per_class") == QUICK.per_class else "no --quick"
+            quick = "`quick=True`" if then.get("per_class") == QUICK.per_class else "no `quick`"
             raise SlcInputError(f"expected the settings of the demo interrupted in {out}, got others; rerun it with "
-                                f"{quick}, or start over with --force")
+                                f"{quick}, or start over with `force=True`")
     elif out.is_dir() and any(out.iterdir()) and not force:
-        raise SlcInputError(f"expected a new or empty folder, got {out} with files in it; pass --resume to continue "
-                            "an interrupted demo there, or --force to overwrite what the demo writes")
+        raise SlcInputError(f"expected a new or empty folder, got {out} with files in it; pass `resume=True` to continue "
+                            "an interrupted demo there, or `force=True` to overwrite what the demo writes")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(os.fspath(out / CONFIG), True) as f:
         f.write(json.dumps(asdict(cfg), indent=2).encode())
@@ -297,7 +297,7 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: str, force: bool) -> None:
     """Student agreement and KL to the teacher against file bytes; floor and ceiling as lines."""
-    from slc.bench.codecs.plots import pyplot, save_png
+    from slc.bench.plots import pyplot, save_png
 
     plt = pyplot()
 

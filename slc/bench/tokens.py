@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from slc.bench.report import keep_folder
 from slc.compression import compress
 from slc.errors import SlcError, SlcInputError
 from slc.codecs.labels import detect_source, to_logp
@@ -76,8 +77,14 @@ def score_file(path: str, src, kind: str, start: int, ks: list[int]) -> dict:
 
 def run_token_bench(labels, rows: tuple[str, ...] = DEFAULT_ROWS, *, holdout: float = 0.2, source: str = "auto",
                     seed: int = 0, fit_steps: int | None = None, fit_labels: int | None = None,
-                    workdir: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+                    workdir: str | None = None, force: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """topk-vq at each row's options on held-out tokens, next to bf16 + int32 top-k' at the same bytes.
+
+    ``workdir``: keep the files there (a new or empty folder, or any with ``force``); else a temporary one.
+    """
     log = log or (lambda line: None)
+    if workdir:
+        keep_folder(workdir, force)
     if not 0 < holdout < 1:
         raise SlcInputError(f"expected a held-out share in (0, 1), got {holdout}")
     src = open_labels(labels)
@@ -171,7 +178,7 @@ def token_markdown(result: dict) -> str:
 
 def token_plot(result: dict, path: str, force: bool = False) -> None:
     """KL against bytes per token: the file rows, and bf16 + int32 top-k' at the same bytes."""
-    from slc.bench.codecs.plots import pyplot, save_png
+    from slc.bench.plots import pyplot, save_png
 
     plt = pyplot()
     ok = [r for r in result["rows"] if "error" not in r]

@@ -31,6 +31,10 @@ class Codec(ABC):
     @abstractmethod
     def params(self) -> dict: ...
 
+    def describe(self) -> str:
+        """How logs name this fitted codec (``vqae``, ``top-15``)."""
+        return self.name
+
     def tensors(self) -> dict[str, np.ndarray]:
         return {}
 
@@ -102,12 +106,42 @@ class Codec(ABC):
     needs_fit: ClassVar[bool] = False  # whether :meth:`fit` needs a sample of labels
     default_zstd: ClassVar[bool] = False  # whether chunks are zstd-coded unless the user says
     zstd_level: ClassVar[int] = 19
-    token_level: ClassVar[bool] = False  # takes sparse input and -inf logits (LM vocabularies)
+
+
+class TokenCodec(Codec):
+    """A codec for token-level labels over a vocabulary: it keeps the ``k`` most probable words exactly.
+
+    It takes dense logits with ``-inf`` (suppressed words) or already-sparse labels, and reads back
+    to sparse form without building the ``(n, V)`` distribution. ``tail``: how the mass outside the
+    ``k`` words is spread when read densely (:attr:`dense_tail`, over :attr:`prior_logp` if any).
+    """
+
+    k: int
+    tail: str
+    prior_logp: np.ndarray | None = None
+
+    @abstractmethod
+    def select(self, block: np.ndarray, kind: Kind, temperature: float):
+        """Dense ``(n, V)`` logits or probabilities -> :class:`~slc.codecs.sparse.SparseLabels` at ``temperature``."""
+
+    @abstractmethod
+    def encode_sparse(self, labels) -> bytes:
+        """:class:`~slc.codecs.sparse.SparseLabels` -> one chunk payload."""
+
+    @abstractmethod
+    def decode_sparse(self, payload: bytes | memoryview, n: int):
+        """One chunk payload -> :class:`~slc.codecs.sparse.SparseLabels` of ``n`` tokens."""
+
+    @property
+    @abstractmethod
+    def dense_tail(self) -> str:
+        """How a dense read spreads the tail: ``"prior"``, ``"capped"`` or ``"uniform"``."""
 
     @classmethod
+    @abstractmethod
     def reduce_sample(cls, blocks, classes: int, params: dict):
-        """What :meth:`fit` gets from sampled blocks of log-probabilities: by default all of them."""
-        return np.concatenate(list(blocks))
+        """What :meth:`fit` keeps of sampled blocks (dense log-probabilities or sparse labels): a vocabulary's
+        worth of dense rows would not fit in memory."""
 
 
 def param(params: dict, key: str, typ: type | tuple[type, ...], lo: float | None = None,

@@ -44,7 +44,7 @@ def check_block(block: np.ndarray, source: Kind, row0: int = 0, neg_inf: bool = 
         if bad.any():
             r = int(np.argmax(bad))
             raise SlcInputError(f"expected probabilities summing to 1, got {sums[r]:.4g} in row {row0 + r} "
-                                "(pass --logits if these are logits)")
+                                "(pass `source='logits'` if these are logits)")
 
 
 def detect_source(block: np.ndarray) -> Kind:
@@ -60,6 +60,12 @@ def as_tensor(a: np.ndarray) -> torch.Tensor:
     """float32 tensor view of ``a`` (a copy when ``a`` is read-only, e.g. memory-mapped)."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def kl_to_decoded(ref_logp: np.ndarray, decoded_probs: np.ndarray) -> torch.Tensor:
+    """Per-row ``KL(y || y~)`` of reference log-probabilities and decoded probabilities (clamped at 0)."""
+    ref, dec = as_tensor(ref_logp), as_tensor(decoded_probs)
+    return (ref.exp() * (ref - dec.clamp_min(1e-30).log())).sum(1).clamp_min(0)
 
 
 def to_logp(block: np.ndarray, source: Kind, temperature: float) -> np.ndarray:

@@ -171,7 +171,7 @@ FILL = 1 / 1.1
 
 def target_bytes(dense_fp16: int, ratio: float | None, budget: int | None) -> int | None:
     if ratio is not None and budget is not None:
-        raise SlcInputError("expected one of --ratio or --budget, got both")
+        raise SlcInputError("expected one of `ratio` or `budget`, got both")
     if ratio is not None:
         if not ratio >= 1:
             raise SlcInputError(f"expected a ratio >= 1, got {ratio}")
@@ -252,7 +252,7 @@ def plan_vqae(frame: Frame, target: int | None, *, k: int | None = None, dc: int
 
     if target is None:
         if k is None or dc is None or dh is None:
-            raise SlcInputError("expected --ratio, --budget, or all of --k, --dc and --dh")
+            raise SlcInputError("expected `ratio`, `budget`, or all of `k`, `dc` and `dh`")
         return Plan("vqae", {"k": k, "dc": dc, "dh": dh}, exact(k, dc, dh), dense,
                     [f"k={k}, d_c={dc}, d_h={dh} as given: {dense / exact(k, dc, dh):.1f}x"])
     # the search sizes the header at its widest shape (an upper bound); the pick is sized exactly
@@ -327,7 +327,7 @@ def plan_ladder(codec, preset: str, frame: Frame, target: int | None, options: d
         raise SlcInputError(f"expected parameters {preset} can use for {frame.classes} classes, got {options}")
     if target is None:
         if len(rungs) > 1:
-            raise SlcInputError(f"expected --ratio or --budget to size {preset}, got neither")
+            raise SlcInputError(f"expected `ratio` or `budget` to size {preset}, got neither")
         pick, s = 0, frame.bytes(codec, rungs[0])
     else:
         sizes = {i: frame.bytes(codec, rungs[i]) for i in _near_target(rungs, lambda i: frame.bytes(codec, rungs[i]),
@@ -342,3 +342,64 @@ def plan_ladder(codec, preset: str, frame: Frame, target: int | None, options: d
         why.append(f"the next {preset} step would pass the target: {frame.dense / target:.1f}x asked, "
                    f"{frame.dense / s:.1f}x is the nearest at or above it")
     return Plan(preset, rungs[pick], s, frame.dense, why)
+
+
+# ---------------------------------------------------------------- planning a preset
+DEFAULT_RATIO = 40.0
+
+
+def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: float | None = None,
+             budget: int | None = None, k: int | None = None, dc: int | None = None, dh: int | None = None,
+             tensor_dtype: str | None = None, options: dict | None = None, frame: Frame | None = None) -> Plan:
+    """Choose the parameters of preset ``codec`` for labels of ``shape = (E, N, C)``, counting the whole file.
+
+    Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every size parameter is given.
+    ``frame``: the rest of the file (header fields, replay and token sections, the fp16 bytes the
+    ratio is against); by default labels alone.
+    """
+    from slc.codecs.presets import preset as find
+
+    p = find(codec)
+    frame = frame or Frame.of(shape, chunk_size)
+    sizes = {name: v for name, v in (("k", k), ("dc", dc), ("dh", dh)) if v is not None}
+    options = dict(options or {})
+    check_options(p, options, sizes)
+    if p.planner == "ladder":
+        options.update(sizes)  # top-k's k, vq-noae's k and dc
+    rungs = None
+    if p.planner == "ladder":
+        try:
+            rungs = len(p.cls.ladder(frame.classes, {**p.options, **options}))
+        except ValueError:
+            pass  # bad options: plan_ladder below says which
+    fixed = p.planner == "fixed" or (p.planner == "vqae" and len(sizes) == 3) or rungs == 1
+    if ratio is None and budget is None and not fixed:  # options that pin every knob need no target
+        ratio = DEFAULT_RATIO
+    target = target_bytes(frame.dense, ratio, budget)
+    if p.planner == "vqae":
+        plan = plan_vqae(frame, target, k=k, dc=dc, dh=dh, dtype=tensor_dtype or p.tensor_dtype, bias=p.fit == "kl")
+    else:
+        if not p.sized and target is not None:
+            raise SlcInputError(f"expected no `ratio` or `budget` for the dense {codec} codec (its ratio is fixed)")
+        plan = plan_ladder(p.cls, codec, frame, target, {**p.options, **options})
+    if frame.others:
+        plan.why.append(f"other sections (replay, tokens) {frame.others:,} bytes, counted in the file's "
+                        f"{plan.bytes:,} bytes = {plan.ratio:.1f}x")
+    return plan
+
+
+def check_options(p, options: dict, sizes: dict | None = None) -> None:
+    """Refuse a parameter or size the codec does not take, rather than ignore it."""
+    sizes = sizes or {}
+    if p.chooses and (options or sizes):
+        raise SlcInputError(f"expected no `options`, `k`, `dc` or `dh` with `codec='{p.name}'` (it picks its codec: "
+                            f"name one to fix its parameters), got {', '.join(sorted({*options, *sizes}))}")
+    unknown = sorted(set(sizes) - set(p.sizes))
+    if unknown:
+        takes = ", ".join(f"`{s}`" for s in p.sizes) or "none"
+        raise SlcInputError(f"expected sizes that `codec='{p.name}'` takes ({takes}), got "
+                            f"{', '.join(f'`{u}`' for u in unknown)}")
+    unknown = sorted(set(options) - set(p.option_names))
+    if unknown:
+        what = "none: its sizes are `k`, `dc` and `dh`" if p.planner == "vqae" else ", ".join(p.option_names) or "none"
+        raise SlcInputError(f"expected `options` keys that `codec='{p.name}'` takes ({what}), got {', '.join(unknown)}")

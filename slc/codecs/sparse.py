@@ -131,7 +131,7 @@ def sparse_rows(values: np.ndarray, indices: np.ndarray, vocab: int, row0: int =
         raise SlcInputError(f"expected finite values or -inf, got NaN or +inf in row {r}")
     if idx.size and (idx.min() < 0 or idx.max() >= vocab):
         bad = int(idx.max() if idx.max() >= vocab else idx.min())
-        raise SlcInputError(f"expected word indices in [0, {vocab}), got {bad} (vocabulary mismatch? pass --vocab)")
+        raise SlcInputError(f"expected word indices in [0, {vocab}), got {bad} (vocabulary mismatch? pass `vocab`)")
     srt = np.sort(idx, axis=1)
     dup = (srt[:, 1:] == srt[:, :-1]).any(1)
     if dup.any():

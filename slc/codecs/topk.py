@@ -30,6 +30,9 @@ class TopKCodec(Codec):
     def params(self) -> dict:
         return {"k": self.k, "index_bits": self.bits}
 
+    def describe(self) -> str:
+        return f"top-{self.k}" if self.name == "topk" else f"{self.name} k={self.k}"
+
     def payload_size(self, n: int) -> int:
         return self.planned_payload({"k": self.k}, self.classes, n)
 

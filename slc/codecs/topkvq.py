@@ -33,7 +33,7 @@ from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.codecs.labels import PROB_FLOOR
 from slc.codecs.sparse import SparseLabels, collapse, expand, select_topk, truncate, uncollapse
 from slc.codecs.vqae import FitConfig
-from slc.codecs.base import Codec, param, split_payload
+from slc.codecs.base import TokenCodec, param, split_payload
 from slc.codecs.fitting import check_tensors
 from slc.codecs.vqae import VQAECodec
 
@@ -80,12 +80,11 @@ def from_bf16(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, np.uint32) << 16).view(np.float32)
 
 
-class TopKVQCodec(Codec):
+class TopKVQCodec(TokenCodec):
     name = "topk-vq"
     since_minor = 3
     default_zstd = True  # the rank planes are made for it
     zstd_level = 12  # 3% larger than 19 on the KJV ranks, 5x faster (benchmarks/bench_tokens.py)
-    token_level = True
     needs_fit = True
 
     def __init__(self, classes: int, k: int, order: np.ndarray, values: VQAECodec | None, tail: str,
@@ -196,7 +195,7 @@ class TopKVQCodec(Codec):
     def encode_sparse(self, s: SparseLabels) -> bytes:
         n = len(s)
         if s.k < self.k:
-            raise SlcInputError(f"expected at least k={self.k} words per token, got {s.k} (use --param k={s.k})")
+            raise SlcInputError(f"expected at least k={self.k} words per token, got {s.k} (use `options=k={s.k}`)")
         s = truncate(s, self.k)
         ranks = rank_planes(self.rank_of[s.indices], self.nbytes)
         if self.values_codec is None:
@@ -306,7 +305,7 @@ class TopKVQCodec(Codec):
         for block in blocks:
             if isinstance(block, SparseLabels) and block.k < params["k"]:
                 raise SlcInputError(f"expected at least k={params['k']} words per token, got {block.k} "
-                                    f"(use --param k={block.k})")
+                                    f"(use `options=k={block.k}`)")
             s = truncate(block, params["k"]) if isinstance(block, SparseLabels) else select_topk(block, params["k"])
             if isinstance(block, SparseLabels):  # a sparse input's tail is spread uniformly for the prior
                 rest = np.exp(s.tail.astype(np.float64)) / (classes - s.k)

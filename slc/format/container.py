@@ -190,15 +190,19 @@ def check_section_crc(f: BinaryIO, s: Section, block: int = 1 << 23) -> None:
 def read_header(f: BinaryIO, layout: Layout) -> dict:
     s = layout.sections["header"]
     expect(s.length <= MAX_HEADER_BYTES, f"a header of at most {MAX_HEADER_BYTES} bytes", s.length)
-    data = read_section(f, s)
+    return parse_json(read_section(f, s), "header")
+
+
+def parse_json(data: bytes, what: str) -> dict:
+    """A JSON object from an untrusted section: unique keys, finite numbers, bounded nesting."""
     try:
-        header = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except SlcFormatError:
         raise
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit integer, deep nesting
-        raise SlcFormatError(f"expected a UTF-8 JSON header, got unparseable bytes ({e})") from None
-    expect(isinstance(header, dict), "a JSON object as header", type(header).__name__)
-    return header
+        raise SlcFormatError(f"expected a UTF-8 JSON {what}, got unparseable bytes ({e})") from None
+    expect(isinstance(obj, dict), f"a JSON object as {what}", type(obj).__name__)
+    return obj
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -259,6 +263,16 @@ class ContainerWriter:
         f.seek(0)
         f.write(bytes(PREAMBLE.size))  # patched in finish()
         self._pos = PREAMBLE.size
+
+    @property
+    def position(self) -> int:
+        """Bytes written so far (where the next write goes)."""
+        return self._pos
+
+    @property
+    def chunks_start(self) -> int | None:
+        """File offset of the ``chunks`` section once :meth:`begin_chunks` was called."""
+        return self._chunks_start
 
     @classmethod
     def reopen(cls, f: BinaryIO, sections: list[Section], chunks_start: int, entries: list[ChunkEntry],

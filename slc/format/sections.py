@@ -27,6 +27,8 @@ SINCE_MINOR = {HEADER: 0, INDEX: 0, CHUNKS: 0, REPLAY: 1, FINGERPRINTS: 1, BOXES
                TOKENS_SEQ: 3, TOKENS_IDS: 3}
 FORMAT_MINOR = max(SINCE_MINOR.values())  # the newest minor version this code reads and writes
 
+BOX_DTYPE = np.dtype([("y", "<u2"), ("x", "<u2"), ("h", "<u2"), ("w", "<u2"), ("flip", "u1"), ("pad", "u1")])
+assert BOX_DTYPE.itemsize == 10  # crops.boxes: one record per label, in label order
 MAP_DTYPE = np.dtype("<u4")
 SEQ_DTYPE = np.dtype("<u8")
 IDS_DTYPE = np.dtype("<u4")

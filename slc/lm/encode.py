@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from slc.compression import CompressResult, Extras, compress
+from slc.compression import CompressOptions, CompressResult, compress
+from slc.extras import Extras
 from slc.errors import SlcInputError
 from slc.format.header import MAX_CHUNK_ELEMENTS
 from slc.lm.teacher import LMTeacher, iter_logp, load_lm_teacher, offsets_of
@@ -56,19 +57,22 @@ def text_digest(sequences: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.PathLike, *,
-              vocab_file: str | None = None, seq_len: int | None = None, temperature: float = 1.0,
-              options: dict | None = None, chunk_size: int | None = None, zstd: bool | None = None,
-              fit_labels: int = LM_FIT_LABELS, seed: int = 0, device: str = "cpu", allow_pickle: bool = False,
-              force: bool = False, resume: bool = False, log: Callable[[str], None] | None = None,
-              progress: Callable | None = None, on_tokens: Callable[[int, int], None] | None = None) -> CompressResult:
+def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.PathLike,
+              opts: CompressOptions | None = None, *, vocab_file: str | None = None, seq_len: int | None = None,
+              device: str = "cpu", allow_pickle: bool = False, force: bool = False, resume: bool = False,
+              log: Callable[[str], None] | None = None, progress: Callable | None = None,
+              on_tokens: Callable[[int, int], None] | None = None, **given) -> CompressResult:
     """Label every token of ``text`` (plain text, one sequence per line, or JSONL) with ``teacher``.
 
     ``teacher``: a TorchScript file or a local ``transformers`` model directory (see
-    :func:`slc.lm_teacher.load_lm_teacher`), or a loaded :class:`LMTeacher`. ``options``: the
-    ``topk-vq`` parameters (``k``, ``m``, ``codes``, ``values``, ``tail``, ``prior_weight``).
-    ``on_tokens(n, total)``: the teacher labelled ``n`` more of ``total`` tokens.
+    :func:`slc.lm.teacher.load_lm_teacher`), or a loaded :class:`LMTeacher`. ``opts`` and/or its fields
+    as keywords (:class:`~slc.compression.CompressOptions`: ``temperature``, ``options`` for the
+    ``topk-vq`` parameters ``k``, ``m``, ``codes``, ``values``, ``tail``, ``prior_weight``, ``fit_labels``
+    (16,384 tokens by default), ...). ``on_tokens(n, total)``: the teacher labelled ``n`` more of ``total``
+    tokens.
     """
+    opts = CompressOptions.of(opts or CompressOptions(codec="topk-vq", fit_labels=LM_FIT_LABELS), **given,
+                              source="logits")
     log = log or (lambda line: None)
     out = os.fspath(out)
     preflight(out, force, resume)  # before the teacher loads and the text is tokenized
@@ -81,10 +85,9 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
     n, vocab = src.shape[1], src.shape[2]
     log(f"teacher: {vocab:,} words on {teacher.device} ({teacher.kind}); text: {len(sequences):,} sequences, "
         f"{n:,} tokens from {os.fspath(text)}")
-    chunk_size = chunk_size or default_chunk_size(vocab, MAX_CHUNK_ELEMENTS)
+    opts = CompressOptions.of(opts, chunk_size=opts.chunk_size or default_chunk_size(vocab, MAX_CHUNK_ELEMENTS))
     extras = Extras()
     extras.request = {"teacher": teacher.fingerprint(), "text": text_digest(sequences), "device": teacher.device.type,
                       "seq_len": seq_len}
-    return compress(src, out, codec="topk-vq", source="logits", temperature=temperature, chunk_size=chunk_size,
-                    zstd=zstd, fit_labels=fit_labels, seed=seed, force=force, resume=resume, extras=extras,
-                    options=options, sequences=offsets, token_ids=ids, log=log, progress=progress)
+    return compress(src, out, opts, force=force, resume=resume, extras=extras, sequences=offsets, token_ids=ids,
+                    log=log, progress=progress)

@@ -188,12 +188,12 @@ def _load_hf(path: Path, *, allow_pickle: bool, device: torch.device, log: Calla
 
 def _pickle_refused(name: str) -> SlcInputError:
     return SlcInputError(f"expected a TorchScript file or a safetensors model directory, got a pickled checkpoint "
-                         f"{name!r}; pass --allow-pickle if you trust it (unpickling runs arbitrary code from the file), "
+                         f"{name!r}; pass `allow_pickle=True` if you trust it (unpickling runs arbitrary code from the file), "
                          "or save it with torch.jit.save or save_pretrained(safe_serialization=True)")
 
 
 def _warn_unpickling(name: str, log: Callable[[str], None] | None) -> None:
-    msg = (f"warning: unpickling {name!r} (--allow-pickle): unpickling runs arbitrary code from the file; "
+    msg = (f"warning: unpickling {name!r} (`allow_pickle=True`): unpickling runs arbitrary code from the file; "
            "only do this for files you trust")
     if log is not None:
         log(msg)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from slc.errors import SlcFormatError, SlcInputError, expect
+from slc.format.sections import BOX_DTYPE
 
 M64 = 0xFFFFFFFFFFFFFFFF
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -101,6 +102,14 @@ class Recipe:
         if not 0 <= self.seed < 1 << 63:
             raise SlcInputError(f"expected a seed in [0, 2**63), got {self.seed}")
 
+    @classmethod
+    def for_channels(cls, channels: int = 3, mean: tuple[float, ...] | None = None,
+                     std: tuple[float, ...] | None = None, **fields) -> "Recipe":
+        """A recipe whose mean/std default to ImageNet's for 3 channels, 0.5 for greyscale teachers."""
+        grey = channels == 1
+        return cls(channels=channels, mean=mean or ((0.5,) if grey else IMAGENET_MEAN),
+                   std=std or ((0.5,) if grey else IMAGENET_STD), **fields)
+
     def to_json(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -137,8 +146,7 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- crop boxes
-BOX_DTYPE = np.dtype([("y", "<u2"), ("x", "<u2"), ("h", "<u2"), ("w", "<u2"), ("flip", "u1"), ("pad", "u1")])
-assert BOX_DTYPE.itemsize == 10
+# BOX_DTYPE (format.sections): the 10-byte record of a crop box, as crops.boxes stores it
 
 
 def crop_boxes(recipe: Recipe, epoch: int, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:

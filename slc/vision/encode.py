@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from slc.vision.augment import Recipe
-from slc.compression import CompressResult, Extras, compress
+from slc.compression import CompressOptions, CompressResult, compress
+from slc.extras import Extras
 from slc.vision.dataset import CropDataset
 from slc.errors import SlcInputError
 from slc.vision.images import ImageSet, open_images
@@ -24,8 +25,7 @@ from slc.resume import preflight
 from slc.format.sections import BOXES
 from slc.vision.replay import ReplayInfo, boxes_bytes, replay_sections, stored_boxes
 from slc.sources import LabelSource
-from slc.models import resolve_device, teacher_forward
-from slc.codecs.vqae import FitConfig
+from slc.models import load_teacher, resolve_device, teacher_forward
 
 FIT_ON = ("first", "random")
 # The fit sample is held in memory while the teacher streams on, so it is capped lower than for
@@ -42,7 +42,7 @@ class TeacherSource(LabelSource):
     """
 
     def __init__(self, model, crops: CropDataset, *, device: torch.device, batch_size: int = 64, workers: int = 0,
-                 amp: bool = True, seekable: bool = False, on_crops: Callable[[int], None] | None = None):
+                 amp: bool = True, seekable: bool = False, on_crops: Callable[[int, int], None] | None = None):
         if batch_size < 1:
             raise SlcInputError(f"expected a batch size >= 1, got {batch_size}")
         if workers < 0:
@@ -50,7 +50,7 @@ class TeacherSource(LabelSource):
         self.model, self.crops, self.device = model, crops, device
         self.batch_size, self.workers, self.seekable = batch_size, workers, seekable
         self.amp = amp and device.type == "cuda"
-        self.on_crops = on_crops or (lambda n: None)
+        self.on_crops = on_crops or (lambda n, total: None)
         self.name = "teacher"
         self.dtype = np.dtype(np.float32)
         probe = self._forward(torch.stack([crops[i] for i in range(min(2, len(crops)))]))
@@ -77,7 +77,7 @@ class TeacherSource(LabelSource):
         for a in range(start, stop, self.batch_size):
             b = min(stop, a + self.batch_size)
             out.append(self._forward(torch.stack([self.crops[base + i] for i in range(a, b)])))
-            self.on_crops(b - a)
+            self.on_crops(b - a, len(self.crops))
         return np.concatenate(out)
 
     def blocks(self, rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -101,8 +101,20 @@ class TeacherSource(LabelSource):
                 y = self._forward(next(it))
                 block[got:got + len(y)] = y
                 got += len(y)
-                self.on_crops(len(y))
+                self.on_crops(len(y), len(self.crops))
             yield e, s * rows, block
+
+
+def split_keywords(given: dict) -> tuple[dict, dict]:
+    """``encode``'s extra keywords: :class:`~slc.compression.CompressOptions` fields, and :class:`Recipe`
+    fields (``aspect`` for the recipe's ``ratio``, which here is the compression ratio; ``seed`` seeds the crops)."""
+    opts = {f.name for f in fields(CompressOptions)} - {"seed"}
+    crop = {f.name if f.name != "ratio" else "aspect" for f in fields(Recipe)}
+    unknown = sorted(set(given) - opts - crop)
+    if unknown:
+        raise TypeError(f"encode() got unexpected keyword arguments {unknown} (compress options: {', '.join(sorted(opts))}; "
+                        f"crop keywords: {', '.join(sorted(crop))})")
+    return {k: v for k, v in given.items() if k in opts}, {k: v for k, v in given.items() if k in crop}
 
 
 def crop_recipe(recipe: Recipe | None, crop: dict) -> Recipe:
@@ -111,10 +123,6 @@ def crop_recipe(recipe: Recipe | None, crop: dict) -> Recipe:
         return recipe or Recipe()
     if recipe is not None:
         raise TypeError(f"encode() takes recipe= or crop keywords, not both (got recipe and {sorted(crop)})")
-    names = [f.name if f.name != "ratio" else "aspect" for f in fields(Recipe)]
-    unknown = sorted(set(crop) - set(names))
-    if unknown:
-        raise TypeError(f"encode() got unexpected keyword arguments {unknown} (crop keywords: {', '.join(names)})")
     if "aspect" in crop:
         crop["ratio"] = crop.pop("aspect")
     return Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in crop.items()})
@@ -136,25 +144,27 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike, *, recipe: Recipe | None = None,
-           epochs: int = 300, batch_size: int = 64, device: str = "auto", workers: int = 0, amp: bool = True,
-           codec: str = "auto", temperature: float | None = None, ratio: float | None = None, budget: int | None = None,
-           k: int | None = None, dc: int | None = None, dh: int | None = None, chunk_size: int | None = None,
-           zstd: bool | None = None, tensor_dtype: str | None = None, fit_labels: int = ENCODE_FIT_LABELS,
-           fit_on: str = "first", fit_config: FitConfig | None = None, force: bool = False, resume: bool = False,
-           skip_bad: bool = False, log: Callable[[str], None] | None = None, fit_progress: Callable | None = None,
-           progress: Callable | None = None, on_crops: Callable[[int], None] | None = None,
-           options: dict | None = None, **crop) -> CompressResult:
+def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike, opts: CompressOptions | None = None,
+           *, recipe: Recipe | None = None, epochs: int = 300, batch_size: int = 64, device: str = "auto",
+           workers: int = 0, amp: bool = True, fit_on: str = "first", skip_bad: bool = False,
+           weights: str | None = None, trust_pickle: bool = False, factory_kwargs: dict | None = None,
+           force: bool = False, resume: bool = False, log: Callable[[str], None] | None = None,
+           fit_progress: Callable | None = None, progress: Callable | None = None,
+           on_crops: Callable[[int, int], None] | None = None, **given) -> CompressResult:
     """Relabel ``images`` with ``teacher`` over ``epochs`` of replayable crops into ``out``.
 
-    ``teacher``: a module (or any callable) mapping ``[B, C, H, W]`` to logits ``[B, classes]``;
-    see :func:`slc.teacher.load_teacher`. ``recipe`` (an :class:`slc.Recipe`) fixes crops, order
-    and mixing, or give its fields as keywords: ``size=32, invert=True, scale=(0.08, 1),
-    aspect=(3/4, 4/3), flip=0.5, mean=..., std=..., seed=0, mix="cutmix", ...`` (``aspect`` is the
-    recipe's ``ratio``: here ``ratio`` is the compression ratio). The student replays the crops
-    from the file with :class:`slc.SoftLabelDataset`. ``fit_on``: fit the codec on the first
-    ``fit_labels`` labels (no extra teacher work) or on a random subset (extra work).
+    ``teacher``: a module (or any callable) mapping ``[B, C, H, W]`` to logits ``[B, classes]``, or
+    a spec :func:`slc.models.load_teacher` loads (with ``weights``, ``trust_pickle``,
+    ``factory_kwargs``) once the images are found readable. ``opts``, and/or its fields as keywords
+    (``codec``, ``temperature``, ``ratio``, ...): how the labels are written (fit on 16,384 labels by
+    default). ``recipe`` (an :class:`slc.Recipe`) fixes crops, order and mixing, or give its fields
+    as keywords: ``size=32, invert=True, scale=(0.08, 1), aspect=(3/4, 4/3), flip=0.5, mean=...,
+    std=..., seed=0, mix="cutmix", ...``. The student replays the crops from the file with
+    :class:`slc.SoftLabelDataset`. ``fit_on``: fit the codec on the first ``fit_labels`` labels (no
+    extra teacher work) or on a random subset (extra work).
     """
+    write, crop = split_keywords(given)
+    opts = CompressOptions.of(opts or CompressOptions(fit_labels=ENCODE_FIT_LABELS), **write, source="logits")
     recipe = crop_recipe(recipe, crop)
     log = log or (lambda line: None)
     preflight(os.fspath(out), force, resume)  # before the images are scanned and the teacher runs
@@ -163,6 +173,22 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
     if fit_on not in FIT_ON:
         raise SlcInputError(f"expected fit_on in {list(FIT_ON)}, got {fit_on!r}")
     imgs = images if isinstance(images, ImageSet) else open_images(images, skip_bad=skip_bad, log=log)
+    try:
+        if isinstance(teacher, (str, os.PathLike)):  # images first: a bad folder fails before a large teacher loads
+            teacher = load_teacher(os.fspath(teacher), weights=weights, trust_pickle=trust_pickle,
+                                   factory_kwargs=factory_kwargs, log=log)
+        src, extras = teacher_labels(teacher, imgs, recipe, epochs, batch_size, device, workers, amp, fit_on,
+                                     on_crops, log)
+        return compress(src, out, opts, force=force, resume=resume, extras=extras, log=log,
+                        fit_progress=fit_progress, progress=progress)
+    finally:
+        if imgs is not images:
+            imgs.close()
+
+
+def teacher_labels(teacher, imgs: ImageSet, recipe: Recipe, epochs: int, batch_size: int, device: str, workers: int,
+                   amp: bool, fit_on: str, on_crops, log) -> tuple[TeacherSource, Extras]:
+    """The teacher over the crops as a label source, and the replay sections the student needs."""
     if recipe.mix != "none" and recipe.mix_group > len(imgs):
         raise SlcInputError(f"expected a mix group of at most {len(imgs)} images, got {recipe.mix_group}")
     dev = resolve_device(device)
@@ -176,18 +202,10 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
     e, n, c = src.shape
     log(f"teacher: {c} outputs on {dev}; images: {n} from {imgs.source} ({imgs.channels} channel(s)); "
         f"{e} epochs = {e * n:,} crops of {recipe.size}px")
-
     info = ReplayInfo(recipe, n, imgs.digest(), os.path.basename(os.path.normpath(imgs.source)), imgs.classes)
     extras = Extras(before=replay_sections(info, imgs.fingerprints))
     if recipe.boxes == "stored":
         extras.after[BOXES] = (boxes_bytes(e, n), lambda: stored_boxes(recipe, e, imgs.sizes))
     extras.request = {"teacher": model_fingerprint(teacher), "images": info.digest, "recipe": recipe.to_json(),
                       "epochs": epochs, "device": dev.type, "amp": src.amp, "fit_on": fit_on}
-    try:
-        return compress(src, out, codec=codec, source="logits", temperature=temperature, ratio=ratio, budget=budget,
-                        k=k, dc=dc, dh=dh, chunk_size=chunk_size, zstd=zstd, tensor_dtype=tensor_dtype,
-                        fit_labels=fit_labels, fit_config=fit_config, force=force, resume=resume, extras=extras,
-                        options=options, log=log, fit_progress=fit_progress, progress=progress)
-    finally:
-        if imgs is not images:
-            imgs.close()
+    return src, extras

@@ -11,13 +11,12 @@ All three are optional sections (a reader that only wants labels ignores them):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from slc.vision.augment import BOX_DTYPE, Recipe, crop_boxes, epoch_order
-from slc.format.container import header_bytes
+from slc.format.container import header_bytes, parse_json
 from slc.format.sections import BOXES, FINGERPRINTS, REPLAY
 from slc.errors import SlcFormatError, SlcInputError, expect
 
@@ -43,13 +42,7 @@ class ReplayInfo:
     @classmethod
     def from_bytes(cls, data: bytes) -> "ReplayInfo":
         expect(len(data) <= MAX_REPLAY_BYTES, f"a replay section of at most {MAX_REPLAY_BYTES} bytes", len(data))
-        from slc.format.container import _unique_keys
-
-        try:
-            d = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
-        except (ValueError, RecursionError) as e:
-            raise SlcFormatError(f"expected a JSON replay section, got unparseable bytes ({e})") from None
-        expect(isinstance(d, dict), "a JSON object as replay section", type(d).__name__)
+        d = parse_json(data, "replay section")
         expect(type(d.get("version")) is int and d.get("version") == 1, "replay section version 1",
                repr(d.get("version")))
         n = d.get("images")

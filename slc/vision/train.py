@@ -108,10 +108,10 @@ def evaluate(model: torch.nn.Module, images: ImageSet, recipe: Recipe, device: t
 def val_targets(val: ImageSet, label_classes: list[str] | None, width: int) -> np.ndarray:
     """Map a validation ImageFolder's classes onto label indices by name; fail on classes the labels lack."""
     if val.targets is None or val.classes is None:
-        raise SlcInputError(f"expected an ImageFolder tree (class subfolders) for --val, got {val.source}")
+        raise SlcInputError(f"expected an ImageFolder tree (class subfolders) for `val`, got {val.source}")
     if label_classes is None or len(label_classes) != width:
-        raise SlcInputError("expected labels made on an ImageFolder whose classes are the label classes to use --val, "
-                            f"got {width} label classes (use --teacher with held-out images instead)")
+        raise SlcInputError("expected labels made on an ImageFolder whose classes are the label classes to use `val`, "
+                            f"got {width} label classes (use `teacher` with held-out images instead)")
     missing = sorted(set(val.classes) - set(label_classes))
     if missing:
         raise SlcInputError(f"expected validation classes the labels cover, got {missing[:5]} not among "
@@ -163,7 +163,7 @@ def check_identity(then: dict, now: dict) -> None:
             else:
                 a, b = repr(a), repr(b)
             raise SlcInputError(f"expected the same {k} as the interrupted run ({a} then, {b} now); rerun with the "
-                                "original ones, or without --resume and with --force to start over")
+                                "original ones, or without `resume=True` and with `force=True` to start over")
 
 
 def load_checkpoint(path: str) -> dict:
@@ -178,8 +178,8 @@ def load_checkpoint(path: str) -> dict:
         state["rows"] = json.loads(state["rows"])
         state["epoch"] = int(state["epoch"])
     except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is one input error)
-        raise SlcInputError(f"expected a readable training checkpoint to resume, got {path} ({e}); pass --force "
-                            "without --resume to start over") from None
+        raise SlcInputError(f"expected a readable training checkpoint to resume, got {path} ({e}); pass `force=True` "
+                            "without `resume=True` to start over") from None
     return state
 
 
@@ -239,7 +239,7 @@ def _prepare(labels, images, cfg: TrainConfig, val, teacher, heldout, log: Calla
         run.val_targets = val_targets(run.val_set, ds.info.classes, ds.classes)
     if teacher:
         if not heldout:
-            raise SlcInputError("expected --heldout IMAGES with --teacher (images the student never saw)")
+            raise SlcInputError("expected `heldout` images with `teacher` (images the student never saw)")
         run.teacher = load_teacher(teacher).to(device)
         run.heldout = open_images(heldout)
         with torch.inference_mode():
@@ -287,8 +287,8 @@ def _train(labels, images, out_dir: str, cfg: TrainConfig, val, teacher, heldout
     elif resume:
         log(f"resume: nothing to resume at {state_path}; starting a new run")
     if not resume and not force and os.path.exists(state_path):
-        raise SlcInputError(f"expected no interrupted run in {out_dir}, got {state_path}; pass --resume to continue "
-                            "it or --force to start over")
+        raise SlcInputError(f"expected no interrupted run in {out_dir}, got {state_path}; pass `resume=True` to continue "
+                            "it or `force=True` to start over")
     # resuming, the outputs there are the interrupted run's: overwritten without --force
     force = force or state is not None
     for p in (*paths.values(), state_path):
@@ -353,7 +353,7 @@ def _fit(run: _Run, cfg: TrainConfig, state: dict | None, state_path: str, log: 
             sched.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise SlcInputError(f"expected a checkpoint of this student to resume, got {state_path} ({e}); pass "
-                                "--force without --resume to start over") from None
+                                "`force=True` without `resume=True` to start over") from None
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -397,6 +397,6 @@ def _fit(run: _Run, cfg: TrainConfig, state: dict | None, state_path: str, log: 
                 f"lr {row['lr']:.3g}")
     except KeyboardInterrupt as e:
         e.slc_hint = (f"{saved} of {epochs} epochs are done and kept in {state_path}; rerun the same command with "
-                      "--resume to continue" if saved else "no epoch finished, so no checkpoint was written")
+                      "`resume=True` to continue" if saved else "no epoch finished, so no checkpoint was written")
         raise
     return rows, before + time.perf_counter() - t_start
