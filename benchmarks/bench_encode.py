@@ -6,7 +6,7 @@
 
 Teacher: the pretrained EfficientNet-Lite0 (ImageNet-1k) as TorchScript, exported once with
 examples/export_teacher.py into $SLC_CACHE/bench/ (or --teacher PATH). Images: the 500 real
-Fashion-MNIST images of examples/data/fmnist_subset.npz, inverted, mean/std 0.498/0.502.
+Fashion-MNIST images of slc/bench/data/fmnist_subset.npz, inverted, mean/std 0.498/0.502.
 
 Overhead rows (one process; every repeat runs all rows back to back, so load drift hits all alike):
   teacher only       the TorchScript forward on pre-made channels_last crop batches (torch.inference_mode,
@@ -55,7 +55,7 @@ from slc.models import load_teacher  # noqa: E402
 
 MEAN, STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # (x - 127) / 128, EfficientNet-Lite0's input
 FMNIST_TRAIN = Path(os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")) / "train-images-idx3-ubyte.gz"
-SUBSET = ROOT / "examples" / "data" / "fmnist_subset.npz"
+SUBSET = ROOT / "slc" / "bench" / "data" / "fmnist_subset.npz"
 TARGET_OVERHEAD = 0.10
 TARGET_RSS_MB = 200.0
 

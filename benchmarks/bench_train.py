@@ -6,7 +6,7 @@
 
 Labels: real ones, from the same path as examples/quickstart.sh. The pretrained EfficientNet-Lite0
 (ImageNet-1k, TorchScript, exported once by examples/export_teacher.py into $SLC_CACHE/bench/, or
---teacher PATH) relabels the 500 real Fashion-MNIST images of examples/data/fmnist_subset.npz over
+--teacher PATH) relabels the 500 real Fashion-MNIST images of slc/bench/data/fmnist_subset.npz over
 --epochs epochs of 64 px crops with `slc encode --codec fp16 -T 4` (inverted, mean/std 0.498/0.502);
 `slc compress` then re-codes that file 40x with each of --codecs (auto, vqae, topk). All files are
 cached in $SLC_CACHE/bench/ and rebuilt when missing or unreadable (on 2 busy cores: ~1.5 min for

@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-slc-quickstart}
-images="$here/data/fmnist_subset.npz"
+images="$here/../slc/bench/data/fmnist_subset.npz"  # the package data slc demo uses
 mkdir -p "$out"
 python "$here/export_teacher.py" -o "$out/teacher.pt"
 # EfficientNet-Lite0 takes (x - 127) / 128; Fashion-MNIST is inverted to dark-on-light like photos

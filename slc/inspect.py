@@ -5,7 +5,8 @@ from slc.codecs.base import TokenCodec
 from slc.format.container import ENTRY, PREAMBLE
 from slc.reader import SlcFile
 from slc.codecs.planner import dense_bytes, paper_pca_bytes, paper_topk_bytes
-from slc.format.sections import TOKENS_IDS
+from slc.format.replay import MAX_REPLAY_BYTES, ReplayInfo
+from slc.format.sections import BOXES, REPLAY, TOKENS_IDS
 
 
 def inspect(path: str, against: str | None = None) -> dict:
@@ -38,11 +39,9 @@ def breakdown(f: SlcFile) -> dict:
     topk_k = max((k for k in range(1, h.classes) if paper_topk_bytes(labels, h.classes, k) <= size), default=0)
     pca_k = max((k for k in range(1, h.classes) if paper_pca_bytes(labels, h.classes, k) <= size), default=0)
     replay = None
-    if "replay" in f.layout.sections:
-        from slc.vision.dataset import read_replay
-
-        info = read_replay(f)
-        boxes = f.layout.sections.get("crops.boxes")
+    if REPLAY in f.layout.sections:
+        info = ReplayInfo.from_bytes(f.section(REPLAY, MAX_REPLAY_BYTES))
+        boxes = f.layout.sections.get(BOXES)
         replay = {"recipe": info.recipe.to_json(), "images": info.images, "digest": info.digest,
                   "source": info.source, "box_bytes_per_label": boxes.length / labels if boxes else 0.0}
     return {

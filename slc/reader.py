@@ -219,10 +219,6 @@ class SlcFile:
             return self.sparse(a, b)
         return self.decode(0, a, b, out="logits") / self.header.temperature
 
-    def iter_sequences(self, sparse: bool = True) -> Iterator[tuple[int, SparseLabels | np.ndarray]]:
-        for i in range(self.sequences):
-            yield i, self.sequence(i, sparse)
-
     def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
         """The input token at each position (``tokens.ids``), or ``None`` if the file does not store them."""
         if TOKENS_IDS not in self.layout.sections:

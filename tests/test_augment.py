@@ -120,7 +120,7 @@ def test_recipe_validation_and_json_roundtrip():
 
 
 def test_hostile_replay_sections_fail_cleanly():
-    from slc.vision.replay import ReplayInfo
+    from slc.format.replay import ReplayInfo
 
     good = {"version": 1, "recipe": Recipe().to_json(), "images": 3, "digest": "ab" * 32, "source": ""}
     assert ReplayInfo.from_bytes(json.dumps(good).encode()).images == 3

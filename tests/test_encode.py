@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import slc
-from slc.vision.augment import Recipe
+from slc.format.replay import Recipe
 from slc.vision.dataset import EpochSampler, SoftLabelDataset
 from slc.vision.encode import encode
 from slc.models import load_teacher
@@ -24,7 +24,7 @@ from tests.conftest import kill_until_done, run_slc
 from tests.test_cli import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBSET = os.path.join(ROOT, "examples", "data", "fmnist_subset.npz")
+SUBSET = os.path.join(ROOT, "slc", "bench", "data", "fmnist_subset.npz")
 SMALL = ["--size", "32", "--batch-size", "16", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
 
 

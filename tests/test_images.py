@@ -12,7 +12,7 @@ from PIL import Image
 from slc.errors import SlcInputError
 from slc.vision.images import IMAGE_EXTS, BadImage, ImageSet, open_images
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "fmnist_subset.npz"
+EXAMPLE = Path(__file__).resolve().parent.parent / "slc" / "bench" / "data" / "fmnist_subset.npz"
 
 
 def pixels(h, w, c=None, seed=0):

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from slc.atomic import atomic_output
-from slc.vision.augment import Recipe
+from slc.format.replay import Recipe
 from slc.errors import SlcInputError
 
-DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
+DATA = Path(__file__).resolve().parent / "data"  # package data: the demo works from a wheel too
 TEACHER_NORM = dict(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # EfficientNet-Lite0 takes (x - 127) / 128
 
 
@@ -93,7 +93,7 @@ def export_teacher(path: str | os.PathLike, force: bool = True) -> None:
 def bundled(name: str) -> Path:
     path = DATA / name
     if not path.is_file():
-        raise SlcInputError(f"expected the bundled images at {path} (a source checkout, pip install -e .), got none")
+        raise SlcInputError(f"expected the bundled images at {path} (package data of slc), got none")
     return path
 
 

@@ -55,7 +55,7 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
     Example:
         slc encode teacher.pt images/ -o labels.slc --epochs 300 -T 4 --ratio 40
     """
-    from slc.vision.augment import Recipe
+    from slc.format.replay import Recipe
     from slc.vision.encode import ENCODE_FIT_LABELS, encode as run
 
     codec["fit_labels"] = codec["fit_labels"] or ENCODE_FIT_LABELS  # held in memory while the teacher streams on

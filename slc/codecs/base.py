@@ -9,7 +9,6 @@ import numpy as np
 from slc.errors import SlcFormatError, expect
 
 Kind = Literal["probs", "logits"]
-TENSOR_DTYPES = {"<f4": np.dtype("<f4"), "<f2": np.dtype("<f2")}
 
 
 class Codec(ABC):
@@ -71,7 +70,7 @@ class Codec(ABC):
 
     # ---------------------------------------------------------------- planning and fitting
     # Codecs sized by one knob (top-k's k, PCA's components, quantisation bits) describe their
-    # sizes here and the generic planner in ``slc.sizing`` picks the largest that fits a target.
+    # sizes here and the generic planner in ``slc.codecs.planner`` picks the largest that fits a target.
     @classmethod
     def ladder(cls, classes: int, options: dict) -> list[dict]:
         """Candidate ``plan params``, from the smallest file to the largest."""

@@ -41,11 +41,6 @@ def paper_pca_bytes(labels: int, classes: int, k: int) -> float:
     return labels * 2 * k + k * classes * 2
 
 
-def paper_quant_bytes(labels: int, classes: int, levels: int) -> float:
-    """Eq. S17: log2(levels)-bit indices per class + fp16 levels."""
-    return labels * classes * math.log2(levels) / 8 + 2 * levels
-
-
 def parse_size(text: str) -> int:
     """'120MB', '1.5GiB', '5e6' -> bytes. MB/GB are 10**6/10**9, MiB/GiB are powers of two."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\s*", text)

@@ -18,7 +18,7 @@ from slc.vision.augment import BOX_DTYPE, Recipe, apply_mix, crop_boxes, epoch_o
 from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.vision.images import ImageSet, open_images
 from slc.format.sections import BOXES, FINGERPRINTS, REPLAY
-from slc.vision.replay import ReplayInfo
+from slc.format.replay import ReplayInfo
 
 
 def resize_view(x: torch.Tensor, size: int | None) -> torch.Tensor:

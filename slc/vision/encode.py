@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from slc.vision.augment import Recipe
+from slc.format.replay import Recipe
 from slc.compression import CompressOptions, CompressResult, compress
 from slc.extras import Extras
 from slc.vision.dataset import CropDataset
@@ -23,7 +23,8 @@ from slc.errors import SlcInputError
 from slc.vision.images import ImageSet, open_images
 from slc.resume import preflight
 from slc.format.sections import BOXES
-from slc.vision.replay import ReplayInfo, boxes_bytes, replay_sections, stored_boxes
+from slc.format.replay import ReplayInfo
+from slc.vision.replay import boxes_bytes, replay_sections, stored_boxes
 from slc.sources import LabelSource
 from slc.models import load_teacher, resolve_device, teacher_forward
 

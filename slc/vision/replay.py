@@ -11,49 +11,14 @@ All three are optional sections (a reader that only wants labels ignores them):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from slc.vision.augment import BOX_DTYPE, Recipe, crop_boxes, epoch_order
-from slc.format.container import header_bytes, parse_json
-from slc.format.sections import BOXES, FINGERPRINTS, REPLAY
-from slc.errors import SlcFormatError, SlcInputError, expect
+from slc.format.container import header_bytes
+from slc.format.replay import FP_BYTES, ReplayInfo
+from slc.format.sections import FINGERPRINTS, REPLAY
+from slc.errors import SlcInputError
 
-FP_BYTES = 16
-MAX_REPLAY_BYTES = 1 << 16
-
-
-@dataclass
-class ReplayInfo:
-    recipe: Recipe
-    images: int
-    digest: str  # sha256 hex over the image count and every fingerprint in order
-    source: str = ""  # where the images came from, informational
-    classes: list[str] | None = None  # ImageFolder class names, informational
-
-    def to_json(self) -> dict:
-        d = {"version": 1, "recipe": self.recipe.to_json(), "images": self.images, "digest": self.digest,
-             "source": self.source}
-        if self.classes is not None:
-            d["classes"] = self.classes
-        return d
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "ReplayInfo":
-        expect(len(data) <= MAX_REPLAY_BYTES, f"a replay section of at most {MAX_REPLAY_BYTES} bytes", len(data))
-        d = parse_json(data, "replay section")
-        expect(type(d.get("version")) is int and d.get("version") == 1, "replay section version 1",
-               repr(d.get("version")))
-        n = d.get("images")
-        expect(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "an image count >= 1", repr(n))
-        digest = d.get("digest")
-        expect(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
-               "a lowercase sha256 hex digest", repr(digest)[:80])
-        classes = d.get("classes")
-        expect(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
-               "a list of class names", repr(classes)[:80])
-        return cls(Recipe.from_json(d.get("recipe")), n, digest, str(d.get("source", "")), classes)
 
 
 def replay_sections(info: ReplayInfo, fingerprints: np.ndarray) -> dict[str, bytes]:

@@ -41,9 +41,9 @@ def make_v1_1() -> None:
     """12 real images, a tiny seeded teacher, cutmix groups of 4 and stored boxes: every replay section."""
     import torch
 
-    from slc.vision.augment import Recipe
+    from slc.format.replay import Recipe
 
-    images = np.load(HERE.parent.parent / "examples" / "data" / "fmnist_subset.npz")["images"][:12]
+    images = np.load(HERE.parent.parent / "slc" / "bench" / "data" / "fmnist_subset.npz")["images"][:12]
     np.save(HERE / "v1.1-images.npy", images)
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
