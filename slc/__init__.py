@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.4.1"
+__version__ = "0.5.0"
 
 _EXPORTS = {
     "SlcError": "slc.errors", "SlcFormatError": "slc.errors", "SlcInputError": "slc.errors",
     "SlcFile": "slc.reader", "open_slc": "slc.reader",
-    "compress": "slc.compression", "open_labels": "slc.sources",
+    "compress": "slc.compression", "CompressOptions": "slc.compression", "open_labels": "slc.sources",
     "Recipe": "slc.vision.augment", "SoftLabelDataset": "slc.vision.dataset", "EpochSampler": "slc.vision.dataset",
     "encode": "slc.vision.encode",
     "encode_lm": "slc.lm.encode", "TokenLabelDataset": "slc.lm.dataset", "collate_tokens": "slc.lm.dataset",

@@ -142,7 +142,9 @@ def test_the_cli_starts_without_torch(args):
 def test_import_slc_is_cheap_and_the_api_loads_by_name():
     code = ("import sys, slc\nassert 'torch' not in sys.modules and 'numpy' not in sys.modules\n"
             "assert callable(slc.compress) and slc.SoftLabelDataset.__name__ == 'SoftLabelDataset'\n"
-            "import slc.compression\nassert callable(slc.compress)\nprint('ok')")
+            "import slc.compression\nassert callable(slc.compress)\n"
+            "missing = [n for n in slc.__all__ if getattr(slc, n, None) is None]\n"
+            "assert not missing, missing\nprint('ok')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr
