@@ -31,7 +31,7 @@ from slc.codecs import codec_class
 from slc.codecs.base import Codec, Kind, TokenCodec
 from slc.codecs.labels import check_block, detect_source, to_logp
 from slc.codecs.planner import Frame, Plan, Unreachable, check_options, default_chunk_size, dense_bytes, plan_for
-from slc.codecs.presets import Preset, choose, preset
+from slc.codecs.presets import MIN_AGREEMENT, Preset, choose, preset
 from slc.codecs.sparse import SparseLabels
 from slc.errors import SlcInputError
 from slc.extras import Extras, carried_extras, pruned_extras, tokens_digest, with_map, with_tokens
@@ -55,7 +55,8 @@ class CompressOptions:
     VQAE fit recipe (:class:`slc.codecs.vqae.FitConfig` as a dict; default the preset's).
     ``prune``: keep a random ``1/prune`` of the epochs (ratio and budget still count all of them).
     ``fit_samples``: fit only on positions below it in each epoch (``bench`` scores the rest).
-    ``user``: JSON kept in the header.
+    ``min_agreement``: ``auto`` keeps only codecs that keep the argmax of at least this share of held-out
+    labels (0 lifts the constraint). ``user``: JSON kept in the header.
     """
 
     codec: str = "auto"
@@ -75,6 +76,7 @@ class CompressOptions:
     seed: int = 0
     prune: float | None = None
     fit_samples: int | None = None
+    min_agreement: float = MIN_AGREEMENT
     user: dict = field(default_factory=dict)
 
     @classmethod
@@ -160,9 +162,10 @@ def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None
             blocks = job.src.blocks(job.opts.chunk_size, done)
         else:
             kind, first, blocks, head = sniff(job)
-            plan = plan_for(job.opts.codec, job.src.shape, job.opts.chunk_size, job.opts.ratio, job.opts.budget,
-                            job.opts.k, job.opts.dc, job.opts.dh, job.opts.tensor_dtype, job.opts.options, job.frame())
-            for line in plan.why:
+            plan = None if job.preset.chooses else plan_for(
+                job.opts.codec, job.src.shape, job.opts.chunk_size, job.opts.ratio, job.opts.budget, job.opts.k,
+                job.opts.dc, job.opts.dh, job.opts.tensor_dtype, job.opts.options, job.frame())
+            for line in plan.why if plan else ():
                 job.log(f"plan: {line}")
             enc, plan = fit(job, kind, head, plan, fit_progress)
             del head
@@ -206,6 +209,10 @@ def open_job(labels, out: str, opts: CompressOptions, extras: Extras | None, seq
         raise SlcInputError(f"expected a temperature > 0, got {temperature}")
     if chunk_size < 1 or chunk_size * c > MAX_CHUNK_ELEMENTS:
         raise SlcInputError(f"expected 1 <= chunk size <= {MAX_CHUNK_ELEMENTS // c} for {c} classes, got {chunk_size}")
+    if not 0 <= opts.min_agreement <= 1:
+        raise SlcInputError(f"expected 0 <= `min_agreement` <= 1, got {opts.min_agreement}")
+    if opts.min_agreement != MIN_AGREEMENT and not p.chooses:
+        raise SlcInputError(f"expected `min_agreement` only with a codec that chooses (auto), got `codec='{p.name}'`")
     check_options(p, opts.options, {n: v for n, v in (("k", opts.k), ("dc", opts.dc), ("dh", opts.dh)) if v is not None})
     opts = replace(opts, temperature=temperature, chunk_size=chunk_size)
     job = Job(src, out, opts, p, extras, dense, log)
@@ -299,7 +306,7 @@ def sniff(job: Job) -> tuple[Kind, list[Block], Iterator, np.ndarray | None]:
 
 
 # ---------------------------------------------------------------- 5. fit
-def fit(job: Job, kind: Kind, head: np.ndarray | None, plan: Plan, progress: Callable | None) -> tuple[Codec, Plan]:
+def fit(job: Job, kind: Kind, head: np.ndarray | None, plan: Plan | None, progress: Callable | None) -> tuple[Codec, Plan]:
     """The codec for ``plan``, fitted on a sample (``head``: a stream's first rows); ``auto`` chooses."""
     opts, p = job.opts, job.preset
     sample = fit_input(job, kind, head, plan) if p.needs_fit else None
@@ -313,8 +320,11 @@ def fit(job: Job, kind: Kind, head: np.ndarray | None, plan: Plan, progress: Cal
                                        tensor_dtype=opts.tensor_dtype, frame=job.frame())
             except Unreachable as e:  # out of this codec's reach: another one may make it
                 refused[name] = e
-        return choose(p, plans, refused, sample, c, tensor_dtype=opts.tensor_dtype, fit_config=fit_config,
-                      progress=progress, log=job.log)
+        enc, plan = choose(p, plans, refused, sample, c, tensor_dtype=opts.tensor_dtype, fit_config=fit_config,
+                           progress=progress, log=job.log, min_agreement=opts.min_agreement)
+        for line in plan.why:
+            job.log(f"plan: {line}")
+        return enc, plan
     enc = p.build(plan.params, sample, c, tensor_dtype=opts.tensor_dtype, fit_config=fit_config, progress=progress,
                   seed=opts.seed)
     return enc, plan

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from slc.codecs.presets import DEFAULT, PRESETS
+from slc.codecs.presets import DEFAULT, MIN_AGREEMENT, PRESETS
 from slc.errors import SlcError, SlcInputError
 
 # Library messages name parameters in backticks (`resume=True`, `ratio`); the CLI says the flag.
@@ -158,7 +158,10 @@ def codec_options(fn):
     """The options that choose and size the codec, shared by ``compress`` and ``encode``."""
     opts = [
         click.option("--codec", default=DEFAULT, show_default=True, type=click.Choice(list(PRESETS)),
-                     help="auto: fit vqae and size top-k to the same bytes, keep the lower held-out KL. "
+                     help="auto: fit the hybrids, top-k and PCA to the same bytes, keep the lowest held-out KL "
+                          "among those that keep the teacher's top-1 (--min-agreement). hybrid: the top classes "
+                          "exact (--param top=1), the rest by a VQAE of the label; hybrid-prior: the top classes "
+                          "exact, their values by a VQAE, a prior for the rest (peaked labels). "
                           "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly. "
                           "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32. "
                           "Token-level LM labels: topk-vq (--param k=64 m=8 codes=256 values=vqae|bf16 "
@@ -183,6 +186,9 @@ def codec_options(fn):
         click.option("--fit-labels", type=int, help="Labels sampled to fit the codec [default: 65,536 for compress; "
                      "16,384 for encode, which holds them in memory while the teacher streams on]."),
         click.option("--fit-steps", type=int, help="Optimizer steps when fitting a VQAE."),
+        click.option("--min-agreement", type=float, default=MIN_AGREEMENT, show_default=True,
+                     help="auto keeps only codecs that keep the teacher's top-1 class on at least this share of "
+                          "held-out labels; 0 lifts the constraint."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seeds the fit sample (and, for encode, every crop, order and mix)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output (or discard an interrupted run)."),
@@ -195,7 +201,7 @@ def codec_options(fn):
 
 
 def compress_options(codec, temperature, ratio, budget, k, dc, dh, params, chunk_size, zstd, tensor_dtype,
-                     fit_labels, fit_steps, seed=0, **fixed):
+                     fit_labels, fit_steps, min_agreement=MIN_AGREEMENT, seed=0, **fixed):
     """The :class:`~slc.compression.CompressOptions` the codec options ask for (``fixed``: more fields)."""
     from slc.codecs.planner import parse_size
     from slc.compression import CompressOptions
@@ -204,7 +210,8 @@ def compress_options(codec, temperature, ratio, budget, k, dc, dh, params, chunk
     fit_config = PRESETS[codec].fit_steps(fit_steps, options)
     given = dict(codec=codec, temperature=temperature, ratio=ratio, budget=parse_size(budget) if budget else None,
                  k=k, dc=dc, dh=dh, options=options, chunk_size=chunk_size, zstd=zstd, seed=seed,
-                 tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype], fit_config=fit_config)
+                 tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype], fit_config=fit_config,
+                 min_agreement=min_agreement)
     if fit_labels is not None:
         given["fit_labels"] = fit_labels
     return CompressOptions.of(**given, **fixed)

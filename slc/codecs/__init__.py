@@ -15,6 +15,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "dense": ("dense", "DenseCodec"), "topk": ("topk", "TopKCodec"), "topk-mr": ("topk", "TopKMRCodec"),
     "topk-mrs": ("topk", "TopKMRSCodec"), "vqae": ("vqae", "VQAECodec"), "pca": ("pca", "PCACodec"),
     "quant": ("quant", "QuantCodec"), "vq": ("vq", "VQCodec"), "topk-vq": ("topkvq", "TopKVQCodec"),
+    "hybrid": ("hybrid", "HybridCodec"),
 }
 _CLASSES = {cls: (module, name) for name, (module, cls) in REGISTRY.items()}
 

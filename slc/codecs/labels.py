@@ -92,3 +92,26 @@ def retemper(labels: np.ndarray, kind: Kind, stored_t: float, out: Kind, t: floa
         return (x * stored_t).numpy()
     scale = stored_t / t
     return torch.softmax(x * scale if scale != 1 else x, dim=-1).numpy()
+
+
+@torch.no_grad()
+def rank_fix(labels: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Permute each row's values so that classes ``top[:, 0], top[:, 1], ...`` hold its largest, in that order.
+
+    ``labels``: (n, C) logits or log-probabilities; ``top``: (n, k) distinct class indices. Step i swaps the
+    value of ``top[:, i]`` with the largest value among the classes not yet placed; the first is then nudged
+    one float up, so the argmax is strict even where decoded values tie. A permutation keeps the label's
+    shape (its sorted values); only which class holds which value changes.
+    """
+    v = as_tensor(labels).clone()
+    idx = torch.as_tensor(top, dtype=torch.int64)
+    placed = torch.zeros(v.shape, dtype=torch.bool)
+    up = torch.full((v.shape[0], 1), float("inf"))
+    for i in range(idx.shape[1]):
+        s = idx[:, i:i + 1]
+        c = v.masked_fill(placed, -float("inf")).argmax(1, keepdim=True)
+        vs, vc = v.gather(1, s), v.gather(1, c)
+        v.scatter_(1, c, vs)
+        v.scatter_(1, s, torch.nextafter(vc, up) if i == 0 else vc)
+        placed.scatter_(1, s, True)
+    return v.numpy()

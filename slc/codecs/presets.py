@@ -29,7 +29,7 @@ class Preset:
     ``"ladder"`` (the codec's own sizes, :meth:`Codec.ladder`) or ``"fixed"`` (no target: dense).
     ``fit``: ``"kl"`` (our VQAE recipe), ``"paper"`` (the paper's), or ``None`` (the codec's own).
     ``sizes``: which of ``k``, ``dc``, ``dh`` it takes as size parameters. ``chooses``: for ``auto``,
-    the presets it picks from.
+    the presets it picks from. ``keeps_top1``: the stored codec keeps every label's argmax by construction.
     """
 
     name: str
@@ -40,6 +40,7 @@ class Preset:
     tensor_dtype: str = "<f2"
     sizes: tuple[str, ...] = ()
     chooses: tuple[str, ...] = ()
+    keeps_top1: bool = False  # the teacher's argmax is stored exactly
 
     @property
     def cls(self):
@@ -83,13 +84,16 @@ class Preset:
         if "steps" in self.option_names:
             options["steps"] = steps
             return None
-        raise SlcInputError(f"expected `fit_steps` only with a codec fitted by gradient steps (auto, vqae, "
-                            f"vqae-paper, topk-vq), got `codec='{self.name}'`")
+        stepped = ", ".join(p.name for p in PRESETS.values() if p.fits_vqae or "steps" in p.option_names)
+        raise SlcInputError(f"expected `fit_steps` only with a codec fitted by gradient steps ({stepped}), got "
+                            f"`codec='{self.name}'`")
 
     def build(self, params: dict, logp: np.ndarray | None, classes: int, *, tensor_dtype: str | None = None,
               fit_config=None, progress: Callable | None = None, seed: int = 0):
         """The codec for planned ``params``, fitted on ``logp`` (log-probabilities at T) where it learns anything."""
-        if self.fits_vqae:
+        if self.fits_vqae and self.planner == "ladder":  # a codec with a VQAE inside: the recipe goes with its params
+            params = {**params, "config": self.fit_config(config=fit_config).to_json()}
+        elif self.fits_vqae:
             from slc.codecs.vqae import VQAECodec
 
             return VQAECodec.fit(logp, params["k"], params["dc"], params["dh"], self.fit_config(config=fit_config),
@@ -101,13 +105,18 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("auto", "vqae", planner="vqae", fit="kl", chooses=("vqae", "topk")),
+    # auto: the lowest held-out KL among those that keep the teacher's top-1 (the hybrids and top-k by
+    # construction); plain vqae is the hybrid without its index bits and loses top-1 on 20-50% of labels
+    Preset("auto", "hybrid", fit="kl", chooses=("hybrid", "hybrid-prior", "topk", "pca"), keeps_top1=True),
+    # the teacher's top classes exact, the rest by a VQAE of the label (flat labels) or of its top values (peaked)
+    Preset("hybrid", "hybrid", fit="kl", keeps_top1=True),
+    Preset("hybrid-prior", "hybrid", {"rest": "collapsed"}, fit="kl", keeps_top1=True),
     Preset("vqae", "vqae", planner="vqae", fit="kl", sizes=("k", "dc", "dh")),
     Preset("vqae-paper", "vqae", planner="vqae", fit="paper", tensor_dtype="<f4", sizes=("k", "dc", "dh")),
     # baselines follow the papers they come from (Table 3, eqs. S15-S17)
-    Preset("topk", "topk", sizes=("k",)),  # FKD: the rest of the mass spread uniformly
-    Preset("topk-mr", "topk-mr", sizes=("k",)),  # LPQLD MR
-    Preset("topk-mrs", "topk-mrs", sizes=("k",)),  # LPQLD MRS
+    Preset("topk", "topk", sizes=("k",), keeps_top1=True),  # FKD: the rest of the mass spread uniformly
+    Preset("topk-mr", "topk-mr", sizes=("k",), keeps_top1=True),  # LPQLD MR
+    Preset("topk-mrs", "topk-mrs", sizes=("k",), keeps_top1=True),  # LPQLD MRS
     Preset("pca", "pca"),
     Preset("quant", "quant"),
     Preset("vq-noae", "vq", sizes=("k", "dc")),  # the paper's "Ours w/o AE"
@@ -123,37 +132,57 @@ def preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def mean_kl(codec, logp: np.ndarray) -> float:
-    """Mean KL(y || decoded) of ``codec`` on log-probabilities ``logp``, a few thousand rows at a time."""
+MIN_AGREEMENT = 0.995  # auto's floor on top-1 agreement with the input, on held-out labels
+
+
+def held_out_score(codec, logp: np.ndarray) -> tuple[float, float]:
+    """Mean KL(y || decoded) of ``codec`` on log-probabilities ``logp`` and the share of labels whose argmax it
+    keeps, a few thousand rows at a time."""
     from slc.codecs.labels import kl_to_decoded, retemper
 
-    total = 0.0
+    kl, same = 0.0, 0
     for s in range(0, len(logp), 4096):
         block = logp[s:s + 4096]
         labels, kind = codec.decode(codec.encode(block), len(block))
-        total += float(kl_to_decoded(block, retemper(labels, kind, 1.0, "probs")).sum())
-    return total / max(len(logp), 1)
+        q = retemper(labels, kind, 1.0, "probs")
+        kl += float(kl_to_decoded(block, q).sum())
+        same += int((q.argmax(1) == block.argmax(1)).sum())
+    n = max(len(logp), 1)
+    return kl / n, same / n
 
 
 def choose(auto: Preset, plans: dict, refused: dict, logp: np.ndarray, classes: int, *, tensor_dtype: str | None,
-           fit_config, progress, log: Callable[[str], None]):
-    """``auto``: fit each of ``plans`` (preset name -> plan, all to the same bytes) and keep the one with the
-    lower KL on the last labels of the fit sample, held out; ``refused`` names those out of reach."""
+           fit_config, progress, log: Callable[[str], None], min_agreement: float = MIN_AGREEMENT):
+    """``auto``: fit each of ``plans`` (preset name -> plan, all to the same bytes) and keep the one with the lowest
+    KL on the last labels of the fit sample, held out, among those that keep the argmax of at least
+    ``min_agreement`` of them; ``refused`` names those out of reach."""
     if not plans:  # the nearest reachable ratio of them all
         raise min(refused.values(), key=lambda e: e.smallest)
-    if refused:
-        (ok, plan), (other, err) = next(iter(plans.items())), next(iter(refused.items()))
-        log(f"auto: {other} cannot reach the target ({err}) -> {ok}")
-        return PRESETS[ok].build(plan.params, logp, classes, tensor_dtype=tensor_dtype, fit_config=fit_config,
-                                 progress=progress), plan
+    for name, err in refused.items():
+        log(f"auto: {name} cannot reach the target (its smallest file is {err.smallest:,} bytes)")
     hold = min(AUTO_HOLDOUT, len(logp) // 5)
     fit_part, held = (logp[:-hold], logp[-hold:]) if hold >= 64 else (logp, logp)
-    fitted = {name: PRESETS[name].build(plan.params, fit_part, classes, tensor_dtype=tensor_dtype,
-                                        fit_config=fit_config, progress=progress) for name, plan in plans.items()}
-    kls = {name: mean_kl(codec, held) for name, codec in fitted.items()}
-    best = min(auto.chooses, key=lambda name: kls[name])  # ties: the first named
-    log(f"auto: KL on {len(held):,} held-out labels: " + ", ".join(
-        f"{fitted[n].describe()} {kls[n]:.4g} ({plans[n].ratio:.1f}x)" for n in auto.chooses)
-        + f" -> {fitted[best].name}")
+    fitted, scores = {}, {}
+    for name, plan in plans.items():
+        fitted[name] = PRESETS[name].build(plan.params, fit_part, classes, tensor_dtype=tensor_dtype,
+                                           fit_config=fit_config, progress=progress)
+        scores[name] = held_out_score(fitted[name], held)
+    ok = [n for n in auto.chooses if n in plans and scores[n][1] >= min_agreement]
+    log(f"auto: on {len(held):,} held-out labels (KL, top-1 agreement): " + ", ".join(
+        f"{fitted[n].describe()} {scores[n][0]:.4g}, {100 * scores[n][1]:.1f}% ({plans[n].ratio:.1f}x)"
+        for n in auto.chooses if n in plans))
+    if not ok:
+        exact = [e.smallest for n, e in refused.items() if PRESETS[n].keeps_top1]
+        from slc.codecs.planner import Unreachable, ratio_down
+
+        near = f"; the nearest ratio that keeps it is {ratio_down(plans_dense(plans) / min(exact))}" if exact else ""
+        raise Unreachable(f"expected a codec that keeps the teacher's top-1 on >= {100 * min_agreement:g}% of "
+                          f"labels at this target, got at most {100 * max(s[1] for s in scores.values()):.1f}%{near} "
+                          f"(`min_agreement=0` lifts the constraint)", min(exact) if exact else 0)
+    best = min(ok, key=lambda n: scores[n][0])  # ties: the first named
+    log(f"auto: -> {fitted[best].describe()}: KL {scores[best][0]:.4g}, top-1 agreement {100 * scores[best][1]:.1f}%")
     return fitted[best], plans[best]
 
+
+def plans_dense(plans: dict) -> int:
+    return next(iter(plans.values())).dense_fp16

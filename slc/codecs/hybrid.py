@@ -1,0 +1,219 @@
+"""The hybrid codec: the teacher's top ``k`` classes stored exactly, everything else by a VQAE.
+
+Per label the payload holds the ``k`` most probable class indices, most probable first, bit-packed at
+``ceil(log2 C)`` bits, then ``m`` VQAE codes. Two ways to spend the codes (``rest``):
+
+- ``full``: the VQAE codes the whole label, as the ``vqae`` codec does; decoding then permutes the
+  decoded values so that the stored classes hold the ``k`` largest, in order (:func:`rank_fix`).
+  The shape of the label is the VQAE's; only which class is which is corrected. Best on flat
+  labels (high T, many classes), where the VQAE alone puts the wrong class first on 20-50% of labels.
+- ``collapsed``: the VQAE codes the ``(k+1)``-class collapsed label (the ``k`` stored values, then
+  the rest as one class), and the rest is spread over the other classes by a stored prior capped
+  at the smallest stored value (the ``topk-vq`` token codec's ``capped`` tail). Best on peaked
+  labels (T=1), where a few classes hold nearly all the mass.
+
+Either way the decoded label's top ``k`` classes are the teacher's, in the teacher's order: its
+argmax is exact by construction (the agreement ``auto`` requires).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slc.codecs.base import Codec, param, split_payload
+from slc.codecs.fitting import check_tensors
+from slc.codecs.labels import rank_fix
+from slc.codecs.sparse import collapse, expand, select_topk, uncollapse
+from slc.codecs.vqae import FitConfig, VQAECodec
+from slc.errors import SlcFormatError, expect
+from slc.format.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+
+PREFIX = "hybrid."
+RESTS = ("full", "collapsed")
+DEFAULTS = {"rest": "full", "top": 1, "codes": 256, "prior_weight": 0.99}
+MAX_TOP = 1024
+MAX_SEGMENTS = 4096
+COLLAPSED_CODES = 8  # codes per label of the collapsed form: 64 bits of values (measured best at 40x-100x)
+COLLAPSED_LATENT = 40  # latent dims of the collapsed VQAE (topk-vq's measured width)
+
+
+class HybridCodec(Codec):
+    name = "hybrid"
+    since_minor = 4
+    needs_fit = True
+
+    def __init__(self, classes: int, top: int, rest: str, vq: VQAECodec, prior_logp: np.ndarray | None = None,
+                 prior_weight: float | None = None):
+        super().__init__(classes)
+        if not 1 <= top < classes:
+            raise ValueError(f"expected 1 <= top < classes ({classes}), got top={top}")
+        self.top, self.rest, self.vq = top, rest, vq
+        self.index_bits = bits_for(classes)
+        self.prior_logp = None if prior_logp is None else np.asarray(prior_logp, np.float32)
+        self.prior_weight = prior_weight
+        self.fit_info = vq.fit_info
+
+    def describe(self) -> str:
+        return f"hybrid top-{self.top} + {self.vq.m}x{self.vq.bits}-bit {self.rest}"
+
+    # ---------------------------------------------------------------- storage
+    def params(self) -> dict:
+        p = {"top": self.top, "index_bits": self.index_bits, "rest": self.rest, "vq": self.vq.params()}
+        if self.rest == "collapsed":
+            p["prior_weight"] = self.prior_weight
+        return p
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        t = {PREFIX + name.split(".", 1)[1]: a for name, a in self.vq.tensors().items()}
+        if self.prior_logp is not None:
+            t[PREFIX + "prior"] = self.prior_logp.astype("<f2")
+        return t
+
+    @classmethod
+    def _checked(cls, params: dict, classes: int) -> dict:
+        p = {"top": param(params, "top", int, 1, min(MAX_TOP, classes - 1)),
+             "rest": param(params, "rest", str, choices=RESTS)}
+        param(params, "index_bits", int, choices=(bits_for(classes),))
+        expect(isinstance(params.get("vq"), dict), "codec parameter 'vq' (an object)", repr(params.get("vq")))
+        p["vq"] = params["vq"]
+        VQAECodec._checked(p["vq"], cls.vq_classes(p, classes))
+        if p["rest"] == "collapsed":
+            p["prior_weight"] = float(param(params, "prior_weight", (int, float), 0.0, 1.0))
+        return p
+
+    @staticmethod
+    def vq_classes(p: dict, classes: int) -> int:
+        """Width of what the VQAE codes: the label, or the collapsed ``top + 1`` classes."""
+        return classes if p["rest"] == "full" else p["top"] + 1
+
+    @classmethod
+    def tensor_specs(cls, params, classes):
+        p = cls._checked(params, classes)
+        specs = {PREFIX + name.split(".", 1)[1]: spec
+                 for name, spec in VQAECodec.tensor_specs(p["vq"], cls.vq_classes(p, classes)).items()}
+        if p["rest"] == "collapsed":
+            specs[PREFIX + "prior"] = ("<f2", (classes,))
+        return specs
+
+    @classmethod
+    def from_file(cls, params, tensors, classes):
+        p = cls._checked(params, classes)
+        check_tensors(tensors, cls.tensor_specs(params, classes))
+        inner = {"vqae." + name[len(PREFIX):]: a for name, a in tensors.items() if name != PREFIX + "prior"}
+        vq = VQAECodec.from_file(p["vq"], inner, cls.vq_classes(p, classes))
+        prior = None
+        if p["rest"] == "collapsed":
+            prior = tensors[PREFIX + "prior"].astype(np.float32)
+            expect(bool(np.isfinite(prior).all()), f"finite values in {PREFIX}prior", "NaN or inf")
+        return cls(classes, p["top"], p["rest"], vq, prior, p.get("prior_weight"))
+
+    def encoder_state(self) -> dict[str, np.ndarray]:
+        return self.vq.encoder_state()
+
+    def restore_encoder_state(self, state: dict[str, np.ndarray]) -> None:
+        self.vq.restore_encoder_state(state)
+
+    # ---------------------------------------------------------------- coding
+    def payload_size(self, n: int) -> int:
+        return packed_size(n * self.top, self.index_bits) + self.vq.payload_size(n)
+
+    def work_per_label(self) -> int:
+        return 3 * self.classes + self.vq.work_per_label()
+
+    def encode(self, logp: np.ndarray) -> bytes:
+        s = select_topk(logp, self.top)
+        codes = self.vq.codes(logp if self.rest == "full" else collapse(s))
+        return pack_bits(s.indices, self.index_bits) + pack_bits(codes.numpy(), self.vq.bits)
+
+    def decode(self, payload, n):
+        raw_idx, raw_codes = split_payload(payload, packed_size(n * self.top, self.index_bits),
+                                           self.vq.payload_size(n))
+        idx = unpack_bits(raw_idx, n * self.top, self.index_bits).reshape(n, self.top).astype(np.int64)
+        if n:
+            expect(int(idx.max()) < self.classes, f"class indices < {self.classes}", int(idx.max()))
+            srt = np.sort(idx, axis=1)
+            expect(not (srt[:, 1:] == srt[:, :-1]).any(), "distinct classes in each label's top k",
+                   "a repeated class")
+        codes = unpack_bits(raw_codes, n * self.vq.m, self.vq.bits)
+        if codes.size and codes.max() >= self.vq.k:
+            raise SlcFormatError(f"expected code indices < k={self.vq.k}, got {codes.max()}")
+        out, kind = self.vq.decode_codes(torch.from_numpy(codes).view(n, self.vq.m))
+        if self.rest == "collapsed":
+            values = out if kind == "logits" else np.log(np.maximum(out, 1e-30))
+            out = expand(uncollapse(idx, values), self.classes, "capped", self.prior_logp)
+        elif kind == "probs":
+            out = np.log(np.maximum(out, 1e-30))
+        return rank_fix(out, idx), "logits"
+
+    # ---------------------------------------------------------------- planning and fitting
+    @classmethod
+    def ladder(cls, classes, options):
+        from slc.codecs.planner import preferred_dc
+
+        p = {**DEFAULTS, **options}
+        unknown = sorted(set(p) - set(DEFAULTS) - {"m", "dc", "steps", "config"})
+        if unknown:
+            raise ValueError(f"parameters in {sorted([*DEFAULTS, 'm', 'dc', 'steps'])}, not {unknown}")
+        for key in ("top", "codes", *(k for k in ("m", "dc") if k in p)):
+            if not isinstance(p[key], int) or isinstance(p[key], bool):
+                raise ValueError(f"an integer {key}, got {p[key]!r}")
+        if p["rest"] not in RESTS:
+            raise ValueError(f"rest in {RESTS}, got {p['rest']!r}")
+        if not 1 <= p["top"] < classes or p["top"] > MAX_TOP:
+            raise ValueError(f"1 <= top < C ({classes}) and top <= {MAX_TOP}, got top={p['top']}")
+        if not 2 <= p["codes"] <= 1 << 16:
+            raise ValueError(f"2 <= codes <= 65536, got codes={p['codes']}")
+        base = {"rest": p["rest"], "codes": p["codes"]}
+        if p["rest"] == "collapsed":
+            base["prior_weight"] = float(p["prior_weight"])
+            # the values of the top classes cost little: spend the budget on more exact classes
+            tops = [p["top"]] if "top" in options else range(1, min(classes - 1, MAX_TOP) + 1)
+            ms = [p["m"]] if "m" in p else [COLLAPSED_CODES]
+            rungs = [{**base, "top": t, "m": m, "dc": p.get("dc") or -(-min(t + 1, COLLAPSED_LATENT) // m)}
+                     for t in tops for m in ms]
+            if "top" not in options and "m" not in p:  # below 8 codes of the top class: fewer codes
+                rungs = [{**base, "top": 1, "m": m, "dc": -(-2 // m)} for m in (1, 2, 4)] + rungs
+            return cls.fewer_bits(rungs, options)
+        ms = [p["m"]] if "m" in p else range(1, MAX_SEGMENTS + 1)
+        rungs = [{**base, "top": p["top"], "m": m, "dc": p.get("dc") or preferred_dc(classes, m)} for m in ms]
+        return cls.fewer_bits(rungs, options)
+
+    @staticmethod
+    def fewer_bits(rungs: list[dict], options: dict) -> list[dict]:
+        """Below one full code per label (few classes at high ratios), one code of fewer bits."""
+        if "codes" in options or not rungs or rungs[0]["m"] != 1:
+            return rungs
+        return [{**rungs[0], "codes": 1 << b} for b in range(1, bits_for(rungs[0]["codes"]))] + rungs
+
+    @classmethod
+    def _vq_plan(cls, params: dict) -> dict:
+        return {"k": params["codes"], "dc": params["dc"], "dh": params["dc"] * params["m"]}
+
+    @classmethod
+    def planned_payload(cls, params, classes, n):
+        return packed_size(n * params["top"], bits_for(classes)) + packed_size(n * params["m"], bits_for(params["codes"]))
+
+    @classmethod
+    def planned_params(cls, params, classes):
+        p = {"top": params["top"], "index_bits": bits_for(classes), "rest": params["rest"]}
+        p["vq"] = VQAECodec.planned_params(cls._vq_plan(params), cls.vq_classes(params, classes))
+        if params["rest"] == "collapsed":
+            p["prior_weight"] = float(params["prior_weight"])
+        return p
+
+    option_names = ("rest", "top", "codes", "m", "dc", "prior_weight", "steps")
+
+    @classmethod
+    def fit(cls, logp, classes, params, seed=0):
+        cfg = FitConfig(**params["config"]) if params.get("config") else FitConfig(seed=seed)
+        if "steps" in params:
+            cfg.steps = int(params["steps"])
+        vq = cls._vq_plan(params)
+        if params["rest"] == "full":
+            codec = VQAECodec.fit(logp, vq["k"], vq["dc"], vq["dh"], cfg, "<f2")
+            return cls(classes, params["top"], "full", codec)
+        w = float(params["prior_weight"])
+        mean = np.exp(np.asarray(logp, np.float64)).mean(0)
+        prior = np.log(np.maximum(w * mean / mean.sum() + (1 - w) / classes, 1e-30)).astype("<f2").astype(np.float32)
+        codec = VQAECodec.fit(collapse(select_topk(logp, params["top"])), vq["k"], vq["dc"], vq["dh"], cfg, "<f2")
+        return cls(classes, params["top"], "collapsed", codec, prior, w)
