@@ -144,3 +144,19 @@ def test_auto_refuses_codecs_that_lose_top1_unless_min_agreement_is_0():
     codec, plan = choose(auto, plans, refused, LOGP, C, tensor_dtype=None, fit_config=None, progress=None,
                          log=print, min_agreement=0)
     assert codec.name == "pca" and plan is plans["pca"]
+
+
+def test_golden_v1_4_files_keep_reading_the_same():
+    """Pinned bytes of format 1.4 (tests/golden/make_golden.py v1.4): both hybrid forms keep every argmax."""
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden"
+    expected = np.load(golden / "v1.4-expected.npz")
+    logits = np.load(golden / "v1.0-topk.input.npy")
+    for name in ("hybrid-full", "hybrid-collapsed"):
+        with slc.open_slc(golden / f"v1.4-{name}.slc") as f:
+            f.verify()
+            assert (f.layout.major, f.layout.minor) == (1, 4) and f.header.codec == "hybrid"
+            got = np.stack([f.decode(e, out="logits") for e in range(f.shape[0])])
+        np.testing.assert_array_equal(got, expected[name])
+        assert (got.argmax(-1) == logits.argmax(-1)).all()

@@ -5,6 +5,7 @@
     python tests/golden/make_golden.py v1.2    # the 1.2 codecs and a pruned file
     python tests/golden/make_golden.py v1.3    # token-level topk-vq files with tokens.seq / tokens.ids
     python tests/golden/make_golden.py v1.3-capped    # the capped tail, from the v1.3 input
+    python tests/golden/make_golden.py v1.4    # the hybrid codec, both forms, from the v1.0 logits
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -86,6 +87,24 @@ V1_3 = {"topk-vq": {"k": 5, "m": 2, "codes": 16, "steps": 50},
         "topk-vq-bf16": {"k": 5, "values": "bf16", "tail": "mrs"}}
 
 
+V1_4 = {"hybrid-full": {"codec": "hybrid", "options": {"top": 2, "m": 2, "codes": 16}},
+        "hybrid-collapsed": {"codec": "hybrid-prior", "options": {"top": 3, "m": 2, "codes": 16}}}
+
+
+def make_v1_4() -> None:
+    """The hybrid codec's two forms (from the v1.0 logits, 10 classes: 4-bit indices), chunks of 8."""
+    expected = {}
+    for name, kw in V1_4.items():
+        out = HERE / f"v1.4-{name}.slc"
+        slc.compress(str(HERE / "v1.0-topk.input.npy"), str(out), source="logits", temperature=2.0, chunk_size=8,
+                     force=True, fit_config={"steps": 50}, **kw)
+        with slc.open_slc(out) as f:
+            f.verify()
+            expected[name] = np.stack([f.decode(e, out="logits") for e in range(f.header.epochs)])
+    np.savez(HERE / "v1.4-expected.npz", **expected)
+    print(f"wrote {len(expected)} v1.4 files")
+
+
 def make_v1_3() -> None:
     """Token labels over 300 words (2-byte ranks), 40 tokens in 3 sequences, chunks of 16."""
     rng = np.random.default_rng(20261129)
@@ -123,5 +142,6 @@ def write_v1_3(files: dict, expected_name: str) -> None:
 if __name__ == "__main__":
     import sys
 
-    makers = {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3, "v1.3-capped": make_v1_3_capped}
+    makers = {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3, "v1.3-capped": make_v1_3_capped,
+              "v1.4": make_v1_4}
     makers[sys.argv[1] if len(sys.argv) > 1 else "v1.3"]()
