@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 _EXPORTS = {
     "SlcError": "slc.errors", "SlcFormatError": "slc.errors", "SlcInputError": "slc.errors",

@@ -1,6 +1,7 @@
 """Where the bytes of a ``.slc`` go, and what the same bytes would buy with the paper's baselines."""
 from __future__ import annotations
 
+from slc.codecs import codec_class
 from slc.codecs.base import TokenCodec
 from slc.format.container import ENTRY, PREAMBLE
 from slc.reader import SlcFile
@@ -48,6 +49,7 @@ def breakdown(f: SlcFile) -> dict:
         "replay": replay, "tokens": token_summary(f),
         "path": f.path, "format_version": f"{f.layout.major}.{f.layout.minor}", "writer": h.writer,
         "codec": h.codec, "codec_params": _without_fit(h.codec_params),
+        "keeps_top1": codec_class(h.codec).keeps_top1,
         "fit": h.codec_params.get("fit") or h.codec_params.get("vq", {}).get("fit", {}),
         "epochs": h.epochs, "samples": h.samples, "classes": h.classes, "labels": labels,
         "temperature": h.temperature, "source": h.source, "chunk_size": h.chunk_size, "chunks": len(f.index),

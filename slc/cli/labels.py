@@ -147,6 +147,9 @@ def summary(file: str, info: dict) -> str:
              f"{info['epochs']} epochs x {info['samples']} samples x {info['classes']} classes "
              f"= {info['labels']:,} labels from {info['source']} at T={info['temperature']:g}; "
              f"codec {info['codec']} ({p}); {info['chunks']} chunks of {per_chunk}, entropy {info['entropy']}"]
+    lines.append("top-1: every label's most probable class is stored exactly (100% agreement by construction)"
+                 if info["keeps_top1"] else "top-1: not stored apart from the rest; `slc inspect --against LABELS` measures "
+                 "the agreement")
     if info["replay"]:
         rp, r = info["replay"], info["replay"]["recipe"]
         how = (f"stored boxes, {rp['box_bytes_per_label']:.0f} B/label" if r["boxes"] == "stored"

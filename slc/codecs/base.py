@@ -23,6 +23,7 @@ class Codec(ABC):
     name: ClassVar[str]
     since_minor: ClassVar[int] = 0  # the format minor version that introduced this codec
     fit_seconds: float = 0.0
+    keeps_top1: ClassVar[bool] = False  # every decoded label's argmax is the input's, by construction
 
     def __init__(self, classes: int):
         self.classes = classes

@@ -39,6 +39,7 @@ COLLAPSED_LATENT = 40  # latent dims of the collapsed VQAE (topk-vq's measured w
 
 class HybridCodec(Codec):
     name = "hybrid"
+    keeps_top1 = True
     since_minor = 4
     needs_fit = True
 

@@ -29,7 +29,7 @@ class Preset:
     ``"ladder"`` (the codec's own sizes, :meth:`Codec.ladder`) or ``"fixed"`` (no target: dense).
     ``fit``: ``"kl"`` (our VQAE recipe), ``"paper"`` (the paper's), or ``None`` (the codec's own).
     ``sizes``: which of ``k``, ``dc``, ``dh`` it takes as size parameters. ``chooses``: for ``auto``,
-    the presets it picks from. ``keeps_top1``: the stored codec keeps every label's argmax by construction.
+    the presets it picks from.
     """
 
     name: str
@@ -40,12 +40,16 @@ class Preset:
     tensor_dtype: str = "<f2"
     sizes: tuple[str, ...] = ()
     chooses: tuple[str, ...] = ()
-    keeps_top1: bool = False  # the teacher's argmax is stored exactly
 
     @property
     def cls(self):
         """The stored codec's class (imports its module)."""
         return codec_class(self.codec)
+
+    @property
+    def keeps_top1(self) -> bool:
+        """Whether every label's argmax is stored exactly (the stored codec's :attr:`Codec.keeps_top1`)."""
+        return self.cls.keeps_top1
 
     @property
     def sized(self) -> bool:
@@ -107,16 +111,16 @@ class Preset:
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     # auto: the lowest held-out KL among those that keep the teacher's top-1 (the hybrids and top-k by
     # construction); plain vqae is the hybrid without its index bits and loses top-1 on 20-50% of labels
-    Preset("auto", "hybrid", fit="kl", chooses=("hybrid", "hybrid-prior", "topk", "pca"), keeps_top1=True),
+    Preset("auto", "hybrid", fit="kl", chooses=("hybrid", "hybrid-prior", "topk", "pca")),
     # the teacher's top classes exact, the rest by a VQAE of the label (flat labels) or of its top values (peaked)
-    Preset("hybrid", "hybrid", fit="kl", keeps_top1=True),
-    Preset("hybrid-prior", "hybrid", {"rest": "collapsed"}, fit="kl", keeps_top1=True),
+    Preset("hybrid", "hybrid", fit="kl"),
+    Preset("hybrid-prior", "hybrid", {"rest": "collapsed"}, fit="kl"),
     Preset("vqae", "vqae", planner="vqae", fit="kl", sizes=("k", "dc", "dh")),
     Preset("vqae-paper", "vqae", planner="vqae", fit="paper", tensor_dtype="<f4", sizes=("k", "dc", "dh")),
     # baselines follow the papers they come from (Table 3, eqs. S15-S17)
-    Preset("topk", "topk", sizes=("k",), keeps_top1=True),  # FKD: the rest of the mass spread uniformly
-    Preset("topk-mr", "topk-mr", sizes=("k",), keeps_top1=True),  # LPQLD MR
-    Preset("topk-mrs", "topk-mrs", sizes=("k",), keeps_top1=True),  # LPQLD MRS
+    Preset("topk", "topk", sizes=("k",)),  # FKD: the rest of the mass spread uniformly
+    Preset("topk-mr", "topk-mr", sizes=("k",)),  # LPQLD MR
+    Preset("topk-mrs", "topk-mrs", sizes=("k",)),  # LPQLD MRS
     Preset("pca", "pca"),
     Preset("quant", "quant"),
     Preset("vq-noae", "vq", sizes=("k", "dc")),  # the paper's "Ours w/o AE"

@@ -18,6 +18,7 @@ from slc.codecs.base import Codec, param, split_payload
 
 class TopKCodec(Codec):
     name = "topk"
+    keeps_top1 = True
     tail = "uniform"
 
     def __init__(self, classes: int, k: int):

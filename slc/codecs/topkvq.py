@@ -82,6 +82,7 @@ def from_bf16(bits: np.ndarray) -> np.ndarray:
 
 class TopKVQCodec(TokenCodec):
     name = "topk-vq"
+    keeps_top1 = True
     since_minor = 3
     default_zstd = True  # the rank planes are made for it
     zstd_level = 12  # 3% larger than 19 on the KJV ranks, 5x faster (benchmarks/bench_tokens.py)
