@@ -271,9 +271,9 @@ def _write_report(out: Path, result: dict) -> None:
     plot(result, report["png"], True)
 
 
-HEADER = ["labels", "codec", "bytes", "ratio", "label KL", "agree", "top-5", "student KL", "kept"]
+HEADER = ["labels", "codec", "bytes", "ratio", "label KL", "label top-1", "agree", "top-5", "student KL", "kept"]
 LEGEND = ("ratio: against dense fp16 labels, whole file. label KL: KL(fp16 labels || decoded) at T over every "
-          "stored label. agree: student top-1 = teacher top-1 on held-out images; top-5: the teacher's top-1 is in "
+          "stored label; label top-1: decoded labels whose argmax is the fp16 label's. agree: student top-1 = teacher top-1 on held-out images; top-5: the teacher's top-1 is in "
           "the student's top-5. student KL: KL(teacher || student) at T on held-out images (lower is better). "
           "kept: (floor KL - KL) / (floor KL - ceiling KL), the share of the soft-label gain a file keeps.")
 
@@ -285,7 +285,8 @@ def columns(row: dict) -> list[str]:
 
     return [row["labels"], row["codec"], "-" if row["bytes"] is None else f"{row['bytes']:,}",
             "-" if row["ratio"] is None else f"{row['ratio']:.1f}x",
-            "-" if row["label_kl"] is None else f"{row['label_kl']:.3f}", pct(row["agreement"]), pct(row["top5"]),
+            "-" if row["label_kl"] is None else f"{row['label_kl']:.3f}", pct(row.get("label_top1")),
+            pct(row["agreement"]), pct(row["top5"]),
             f"{row['student_kl']:.3f}", pct(row["kept"])]
 
 
