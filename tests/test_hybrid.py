@@ -12,7 +12,7 @@ import slc
 from slc.codecs.hybrid import HybridCodec
 from slc.codecs.labels import rank_fix, to_logp
 from slc.codecs.planner import Frame, plan_for
-from slc.errors import SlcFormatError
+from slc.errors import SlcFormatError, SlcInputError
 from tests.conftest import synthetic_logits
 
 C = 60
@@ -138,7 +138,7 @@ def test_auto_refuses_codecs_that_lose_top1_unless_min_agreement_is_0():
     plans = {"pca": plan_for("pca", (1, 600, C), 4096, ratio=20, frame=frame)}
     refused = {"hybrid": Unreachable("too small", frame.dense // 10)}
     auto = PRESETS["auto"]
-    with pytest.raises(Unreachable, match=r"top-1 on >= 99.5% .* nearest ratio that keeps it is 10.0x .*"
+    with pytest.raises(SlcInputError, match=r"top-1 on >= 99.5% .* nearest ratio that keeps it is 10.0x .*"
                                           r"`min_agreement=0`"):
         choose(auto, plans, refused, LOGP, C, tensor_dtype=None, fit_config=None, progress=None, log=print)
     codec, plan = choose(auto, plans, refused, LOGP, C, tensor_dtype=None, fit_config=None, progress=None,

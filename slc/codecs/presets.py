@@ -6,6 +6,7 @@ with the lower held-out KL.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -177,16 +178,12 @@ def choose(auto: Preset, plans: dict, refused: dict, logp: np.ndarray, classes: 
         for n in auto.chooses if n in plans))
     if not ok:
         exact = [e.smallest for n, e in refused.items() if PRESETS[n].keeps_top1]
-        from slc.codecs.planner import Unreachable, ratio_down
-
-        near = f"; the nearest ratio that keeps it is {ratio_down(plans_dense(plans) / min(exact))}" if exact else ""
-        raise Unreachable(f"expected a codec that keeps the teacher's top-1 on >= {100 * min_agreement:g}% of "
-                          f"labels at this target, got at most {100 * max(s[1] for s in scores.values()):.1f}%{near} "
-                          f"(`min_agreement=0` lifts the constraint)", min(exact) if exact else 0)
+        dense = next(iter(plans.values())).dense_fp16
+        near = (f"; the nearest ratio that keeps it is {math.floor(10 * dense / min(exact)) / 10:.1f}x"
+                if exact else "")
+        raise SlcInputError(f"expected a codec that keeps the teacher's top-1 on >= {100 * min_agreement:g}% of "
+                            f"labels at this target, got at most {100 * max(s[1] for s in scores.values()):.1f}%"
+                            f"{near} (`min_agreement=0` lifts the constraint)")
     best = min(ok, key=lambda n: scores[n][0])  # ties: the first named
     log(f"auto: -> {fitted[best].describe()}: KL {scores[best][0]:.4g}, top-1 agreement {100 * scores[best][1]:.1f}%")
     return fitted[best], plans[best]
-
-
-def plans_dense(plans: dict) -> int:
-    return next(iter(plans.values())).dense_fp16
