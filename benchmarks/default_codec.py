@@ -78,7 +78,15 @@ def main(argv=None) -> None:
     ap.add_argument("--temperatures", default="1,2,4,20")
     ap.add_argument("--ratios", default="10,20,40,100,200")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None, help="render a saved run instead of measuring")
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        render(saved["rows"], saved["classes"])
+        if args.markdown:
+            args.markdown.write_text(markdown(saved["rows"], saved["classes"]))
+        return
     torch.manual_seed(0)
     train, held = labels(args.classes)
     print(f"labels: train {train.shape}, held out {held.shape}", flush=True)
@@ -92,26 +100,41 @@ def main(argv=None) -> None:
     if args.json:
         args.json.write_text(json.dumps({"classes": args.classes, "rows": rows}, indent=1, default=float))
     render(rows, args.classes)
+    if args.markdown:
+        args.markdown.write_text(markdown(rows, args.classes))
+
+
+def cells(row: dict) -> list[str]:
+    """One row: T, target, the default (its codec), the best other codec, their KL ratio, topk, vqae."""
+    def fmt(r):
+        return "unreachable" if r is None else f"{r['kl']:.4f} ({100 * r['agreement']:.1f}%, {r['ratio']:.1f}x)"
+
+    a = row["auto"]
+    others = {n: row[n] for n in CODECS if row.get(n) and (a is None or n != a["preset"])}
+    best = min(others, key=lambda n: others[n]["kl"]) if others else None
+    ratio = f"{a['kl'] / others[best]['kl']:.3f}" if a and best else "-"
+    return [f"{row['T']:g}", f"{row['ratio']:g}x", f"{a['preset']} {fmt(a)}" if a else "none",
+            f"{best} {fmt(others[best])}" if best else "-", ratio, fmt(row["topk"]), fmt(row["vqae"])]
+
+
+COLUMNS = ["T", "target", "default: codec KL (agreement, ratio)", "best other codec", "default / best", "topk", "vqae"]
+
+
+def markdown(rows: list[dict], classes: int) -> str:
+    lines = [f"{classes} classes: held-out KL (top-1 agreement, whole-file ratio)", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in rows]) + "\n"
 
 
 def render(rows: list[dict], classes: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    tab = Table(title=f"default vs every codec, {classes} classes, held-out KL (top-1 agreement), whole-file bytes")
-    for col in ("T", "target", "default (codec)", "best other", "default / best", "topk", "vqae"):
+    tab = Table(title=f"the default against every codec, {classes} classes: held-out KL (top-1 agreement, ratio)")
+    for col in COLUMNS:
         tab.add_column(col, justify="right")
-
-    def fmt(r):
-        return "unreachable" if r is None else f"{r['kl']:.4f} ({100 * r['agreement']:.1f}%) {r['ratio']:.1f}x"
-
     for row in rows:
-        a = row["auto"]
-        others = {n: row[n] for n in CODECS if row.get(n) and (a is None or n != a["preset"])}
-        best = min(others, key=lambda n: others[n]["kl"]) if others else None
-        ratio = f"{a['kl'] / others[best]['kl']:.3f}" if a and best else "-"
-        tab.add_row(f"{row['T']:g}", f"{row['ratio']:g}x", f"{fmt(a)} {a['preset'] if a else ''}",
-                    f"{best} {fmt(others[best])}" if best else "-", ratio, fmt(row["topk"]), fmt(row["vqae"]))
+        tab.add_row(*cells(row))
     Console().print(tab)
 
 

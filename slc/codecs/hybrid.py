@@ -33,7 +33,7 @@ RESTS = ("full", "collapsed")
 DEFAULTS = {"rest": "full", "top": 1, "codes": 256, "prior_weight": 0.99}
 MAX_TOP = 1024
 MAX_SEGMENTS = 4096
-COLLAPSED_CODES = 8  # codes per label of the collapsed form: 64 bits of values (measured best at 40x-100x)
+CLASSES_PER_CODE, MAX_COLLAPSED_CODES = 4, 32
 COLLAPSED_LATENT = 40  # latent dims of the collapsed VQAE (topk-vq's measured width)
 
 
@@ -167,13 +167,11 @@ class HybridCodec(Codec):
         base = {"rest": p["rest"], "codes": p["codes"]}
         if p["rest"] == "collapsed":
             base["prior_weight"] = float(p["prior_weight"])
-            # the values of the top classes cost little: spend the budget on more exact classes
+            # exact classes are worth more than precise values: one 8-bit code per 4 stored classes (measured on
+            # real 200- and 1000-class labels at T=1, 40x-200x: 2.7x lower KL than 8 codes for fewer classes)
             tops = [p["top"]] if "top" in options else range(1, min(classes - 1, MAX_TOP) + 1)
-            ms = [p["m"]] if "m" in p else [COLLAPSED_CODES]
             rungs = [{**base, "top": t, "m": m, "dc": p.get("dc") or -(-min(t + 1, COLLAPSED_LATENT) // m)}
-                     for t in tops for m in ms]
-            if "top" not in options and "m" not in p:  # below 8 codes of the top class: fewer codes
-                rungs = [{**base, "top": 1, "m": m, "dc": -(-2 // m)} for m in (1, 2, 4)] + rungs
+                     for t in tops for m in ([p["m"]] if "m" in p else [collapsed_codes(t)])]
             return cls.fewer_bits(rungs, options)
         ms = [p["m"]] if "m" in p else range(1, MAX_SEGMENTS + 1)
         rungs = [{**base, "top": p["top"], "m": m, "dc": p.get("dc") or preferred_dc(classes, m)} for m in ms]
@@ -218,3 +216,8 @@ class HybridCodec(Codec):
         prior = np.log(np.maximum(w * mean / mean.sum() + (1 - w) / classes, 1e-30)).astype("<f2").astype(np.float32)
         codec = VQAECodec.fit(collapse(select_topk(logp, params["top"])), vq["k"], vq["dc"], vq["dh"], cfg, "<f2")
         return cls(classes, params["top"], "collapsed", codec, prior, w)
+
+
+def collapsed_codes(top: int) -> int:
+    """Codes per label of the collapsed form for ``top`` stored classes."""
+    return min(MAX_COLLAPSED_CODES, -(-top // CLASSES_PER_CODE))
