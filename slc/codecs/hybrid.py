@@ -23,7 +23,7 @@ import torch
 from slc.codecs.base import Codec, param, split_payload
 from slc.codecs.fitting import check_tensors
 from slc.codecs.labels import rank_fix
-from slc.codecs.sparse import collapse, expand, select_topk, uncollapse
+from slc.codecs.sparse import collapse, expand, mixed_prior, select_topk, uncollapse
 from slc.codecs.vqae import FitConfig, VQAECodec
 from slc.errors import SlcFormatError, expect
 from slc.format.bitpack import bits_for, pack_bits, packed_size, unpack_bits
@@ -139,11 +139,10 @@ class HybridCodec(Codec):
         if codes.size and codes.max() >= self.vq.k:
             raise SlcFormatError(f"expected code indices < k={self.vq.k}, got {codes.max()}")
         out, kind = self.vq.decode_codes(torch.from_numpy(codes).view(n, self.vq.m))
-        if self.rest == "collapsed":
-            values = out if kind == "logits" else np.log(np.maximum(out, 1e-30))
-            out = expand(uncollapse(idx, values), self.classes, "capped", self.prior_logp)
-        elif kind == "probs":
+        if kind == "probs":
             out = np.log(np.maximum(out, 1e-30))
+        if self.rest == "collapsed":
+            out = expand(uncollapse(idx, out), self.classes, "capped", self.prior_logp)
         return rank_fix(out, idx), "logits"
 
     # ---------------------------------------------------------------- planning and fitting
@@ -212,8 +211,7 @@ class HybridCodec(Codec):
             codec = VQAECodec.fit(logp, vq["k"], vq["dc"], vq["dh"], cfg, "<f2")
             return cls(classes, params["top"], "full", codec)
         w = float(params["prior_weight"])
-        mean = np.exp(np.asarray(logp, np.float64)).mean(0)
-        prior = np.log(np.maximum(w * mean / mean.sum() + (1 - w) / classes, 1e-30)).astype("<f2").astype(np.float32)
+        prior = mixed_prior(np.exp(np.asarray(logp, np.float64)).mean(0), w)
         codec = VQAECodec.fit(collapse(select_topk(logp, params["top"])), vq["k"], vq["dc"], vq["dh"], cfg, "<f2")
         return cls(classes, params["top"], "collapsed", codec, prior, w)
 

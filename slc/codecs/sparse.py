@@ -247,3 +247,10 @@ def kl_rows(p_logp: np.ndarray, q_logp: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["SparseLabels", "TAILS", "select_topk", "truncate", "sparse_rows", "collapse", "uncollapse", "expand", "kl_rows"]
+
+
+def mixed_prior(mean: np.ndarray, weight: float) -> np.ndarray:
+    """The stored tail prior: a fit sample's mean distribution mixed with ``1 - weight`` of uniform, as log-probabilities
+    rounded to fp16 (what a reader sees)."""
+    mixed = weight * mean / mean.sum() + (1 - weight) / len(mean)
+    return np.log(np.maximum(mixed, 1e-30)).astype(np.float32).astype("<f2").astype(np.float32)

@@ -31,7 +31,7 @@ import torch
 from slc.format.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.codecs.labels import PROB_FLOOR
-from slc.codecs.sparse import SparseLabels, collapse, expand, select_topk, truncate, uncollapse
+from slc.codecs.sparse import SparseLabels, collapse, mixed_prior, expand, select_topk, truncate, uncollapse
 from slc.codecs.vqae import FitConfig
 from slc.codecs.base import TokenCodec, param, split_payload
 from slc.codecs.fitting import check_tensors
@@ -332,10 +332,7 @@ class TopKVQCodec(TokenCodec):
         prior = None
         w = float(params["prior_weight"])
         if params["tail"] in PRIOR_TAILS:
-            mean = sample.prob_sum / max(sample.rows, 1)
-            mixed = w * mean / mean.sum() + (1 - w) / classes
-            prior = np.log(np.maximum(mixed, 1e-30)).astype(np.float32)
-            prior = prior.astype("<f2").astype(np.float32)  # what a reader sees
+            prior = mixed_prior(sample.prob_sum / max(sample.rows, 1), w)
         values = None
         if params["values"] == "vqae":
             dc = latent_width(k, params["m"])
