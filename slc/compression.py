@@ -37,6 +37,7 @@ from slc.errors import SlcInputError
 from slc.extras import Extras, carried_extras, pruned_extras, tokens_digest, with_map, with_tokens
 from slc.format.container import ENCODING_RAW, ENCODING_ZSTD, ContainerWriter, header_bytes
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
+from slc.format.tiling import SINCE_MINOR as TILING_MINOR, Tiling
 from slc.prune import PrunedSource, kept_epochs
 from slc.resume import ResumableOutput
 from slc.sample import HEAD_ELEMENTS, fit_sample, sample_blocks
@@ -69,6 +70,7 @@ class CompressOptions:
     dh: int | None = None
     options: dict = field(default_factory=dict)
     chunk_size: int | None = None
+    epochs_per_chunk: int | None = None  # None: as many whole epochs as a chunk holds (format 1.5)
     zstd: bool | None = None
     tensor_dtype: str | None = None
     fit_labels: int = DEFAULT_FIT_LABELS
@@ -130,7 +132,12 @@ class Job:
 
     def frame(self) -> Frame:
         return self.extras.frame(self.src.shape, self.opts.chunk_size, self.opts.temperature, self.opts.user,
-                                 self.dense)
+                                 self.dense, self.opts.epochs_per_chunk)
+
+    @property
+    def tiling(self) -> Tiling:
+        e, n, _ = self.src.shape
+        return Tiling(e, n, self.opts.chunk_size, self.opts.epochs_per_chunk)
 
 
 def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None, *, force: bool = False,
@@ -159,7 +166,7 @@ def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None
             if progress and done:
                 labels_done = sum(e.count for e in target.resumed.entries)
                 progress(labels_done, w.position, labels_done * job.src.shape[2] * 2)
-            blocks = job.src.blocks(job.opts.chunk_size, done)
+            blocks = job.src.blocks(job.opts.chunk_size, job.tiling.source_block(done))
         else:
             kind, first, blocks, head = sniff(job)
             plan = None if job.preset.chooses else plan_for(
@@ -214,11 +221,23 @@ def open_job(labels, out: str, opts: CompressOptions, extras: Extras | None, seq
     if opts.min_agreement != MIN_AGREEMENT and not p.chooses:
         raise SlcInputError(f"expected `min_agreement` only with a codec that chooses (auto), got `codec='{p.name}'`")
     check_options(p, opts.options, {n: v for n, v in (("k", opts.k), ("dc", opts.dc), ("dh", opts.dh)) if v is not None})
-    opts = replace(opts, temperature=temperature, chunk_size=chunk_size)
+    opts = replace(opts, temperature=temperature, chunk_size=chunk_size,
+                   epochs_per_chunk=epochs_per_chunk(src.shape, chunk_size, opts.epochs_per_chunk))
     job = Job(src, out, opts, p, extras, dense, log)
     if isinstance(src, SparseSource) and not job.token_level:
         raise SlcInputError(f"expected `codec='topk-vq'` for sparse (indices, values) input, got {p.name!r}")
     return job
+
+
+def epochs_per_chunk(shape: tuple[int, int, int], chunk_size: int, given: int | None) -> int:
+    """Whole epochs a chunk holds: as many as fit unless given (1: chunks never span epochs)."""
+    e, n, _ = shape
+    if given is None:
+        return Tiling.default(e, n, chunk_size).epochs_per_chunk
+    if given != 1 and not (2 <= given <= e and given * n <= chunk_size):
+        raise SlcInputError(f"expected epochs per chunk 1, or 2..{min(e, chunk_size // n)} for {e} epochs of {n} "
+                            f"labels and chunks of {chunk_size}, got {given}")
+    return given
 
 
 def resolve_temperature(src: LabelSource, temperature: float | None, log: Callable[[str], None]) -> float:
@@ -365,7 +384,7 @@ def begin(job: Job, enc: Codec, kind: Kind, plan: Plan, target: ResumableOutput)
     tensors = enc.tensors()
     header = Header(c, e, n, float(opts.temperature), kind, enc.name, enc.params(),
                     {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in tensors.items()},
-                    opts.chunk_size, "zstd" if zstd else "none", f"slc {__version__}", opts.user)
+                    opts.chunk_size, "zstd" if zstd else "none", f"slc {__version__}", opts.user, opts.epochs_per_chunk)
     w = target.open()
     w.add_section("header", header_bytes(header.to_json()))
     for name, a in tensors.items():
@@ -382,19 +401,23 @@ def begin(job: Job, enc: Codec, kind: Kind, plan: Plan, target: ResumableOutput)
 def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, target: ResumableOutput, done: int,
                  progress: Callable | None) -> float:
     """Every block through the codec into its chunk, in order; returns the seconds spent encoding."""
-    e_count, n, c = job.src.shape
-    chunk_size, temperature = job.opts.chunk_size, job.opts.temperature
-    per_epoch = -(-n // chunk_size)
+    _, n, c = job.src.shape
+    tiling, temperature = job.tiling, job.opts.temperature
     compressor = None
     if job.opts.zstd:
         import zstandard
 
         compressor = zstandard.ZstdCompressor(level=enc.zstd_level)
     seconds = 0.0
-    w.min_minor = enc.since_minor
-    for i, (e, s, block, lp) in enumerate(blocks, start=done):
-        if (e, s) != (i // per_epoch, i % per_epoch * chunk_size):  # a source must tile in order
-            raise SlcInputError(f"expected block {i} at epoch {i // per_epoch}, got epoch {e} sample {s}")
+    w.min_minor = max(enc.since_minor, TILING_MINOR if tiling.spans_epochs else 0)
+    parts, rows, i = [], 0, done  # the blocks of chunk i so far (chunks that span epochs take several)
+    for e, s, block, lp in blocks:
+        if i >= len(tiling):
+            raise SlcInputError(f"expected {len(tiling)} chunks of labels, got a source with more")
+        ce, cs, count = tiling.chunk(i)
+        want = (ce + rows // n, 0) if tiling.spans_epochs else (ce, cs)
+        if (e, s) != want:  # a source must tile in order
+            raise SlcInputError(f"expected a block at epoch {want[0]} sample {want[1]}, got epoch {e} sample {s}")
         if not isinstance(block, SparseLabels):
             if lp is None:
                 check_block(block, kind, e * n + s, job.token_level)
@@ -402,16 +425,25 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
                 block, lp = enc.select(block, kind, temperature), None
             elif lp is None:
                 lp = to_logp(block, kind, temperature)
-        count = len(block if lp is None else lp)
+        parts.append(block if lp is None else lp)
+        rows += len(parts[-1])
+        if rows < count:
+            continue
+        if rows > count:
+            raise SlcInputError(f"expected {count} labels in chunk {i}, got a block that ends at {rows}")
         t0 = time.perf_counter()
-        raw = enc.encode(lp) if lp is not None else enc.encode_sparse(block)
+        raw = enc.encode_sparse(parts[0]) if lp is None else enc.encode(parts[0] if len(parts) == 1 else
+                                                                          np.concatenate(parts))
         seconds += time.perf_counter() - t0
         encoding, payload = ENCODING_RAW, raw
         if compressor is not None:
             z = compressor.compress(raw)
             if len(z) < len(raw):
                 encoding, payload = ENCODING_ZSTD, z
-        target.chunk_done(w.add_chunk(e, s, count, payload, len(raw), encoding))
+        target.chunk_done(w.add_chunk(ce, cs, count, payload, len(raw), encoding))
         if progress:
-            progress(count, w.position, (e * n + s + count) * c * 2)  # dense fp16 bytes so far
+            progress(count, w.position, (ce * n + cs + count) * c * 2)  # dense fp16 bytes so far
+        parts, rows, i = [], 0, i + 1
+    if parts:
+        raise SlcInputError(f"expected {tiling.chunk(i)[2]} labels in chunk {i}, got a source that ends after {rows}")
     return seconds

@@ -25,9 +25,10 @@ class Extras:
     request: dict = field(default_factory=dict)  # what else identifies the run for --resume
 
     def frame(self, shape: tuple[int, int, int], chunk_size: int, temperature: float, user: dict | None,
-              dense: int) -> Frame:
+              dense: int, epochs_per_chunk: int | None = None) -> Frame:
         """The file around the labels, as the planner counts it."""
         return Frame.of(shape, chunk_size, temperature=temperature, user=user, dense=dense,
+                        epochs_per_chunk=epochs_per_chunk,
                         before=[len(v) for v in (*self.required.values(), *self.before.values())],
                         after=[size for size, _ in self.after.values()])
 

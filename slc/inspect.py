@@ -53,6 +53,7 @@ def breakdown(f: SlcFile) -> dict:
         "fit": h.codec_params.get("fit") or h.codec_params.get("vq", {}).get("fit", {}),
         "epochs": h.epochs, "samples": h.samples, "classes": h.classes, "labels": labels,
         "temperature": h.temperature, "source": h.source, "chunk_size": h.chunk_size, "chunks": len(f.index),
+        "epochs_per_chunk": h.epochs_per_chunk,
         "labels_per_chunk": [min(c.count for c in f.index), max(c.count for c in f.index)] if f.index else [0, 0],
         "entropy": h.entropy, "bytes": size, "sections": rows,
         "bits_per_label": 8 * size / labels, "payload_bits_per_label": 8 * chunks / labels,

@@ -14,7 +14,7 @@ import numpy as np
 
 from slc.codecs import codec_class
 from slc.codecs.base import Codec, Kind, TokenCodec
-from slc.format.container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, iter_entries, parse_index, read_exact,
+from slc.format.container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, Layout, crc32, parse_index, read_exact,
                         read_header, read_layout, read_section)
 from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
@@ -67,23 +67,22 @@ class SlcFile:
                f"{h.chunk_size} x {self.codec.work_per_label()}")
         chunks = self.layout.sections["chunks"]
         index_s = self.layout.sections["index"]
-        n_chunks = h.epochs * math.ceil(h.samples / h.chunk_size)
+        tiling = h.tiling
+        n_chunks = len(tiling)
         expect(index_s.length == n_chunks * 48, f"an index of {n_chunks} chunks for {h.epochs} x {h.samples} labels",
                f"{index_s.length // 48} entries")
         self.index: list[ChunkEntry] = parse_index(read_section(f, index_s), chunks)
-        i = 0
-        for e in range(h.epochs):  # chunks tile epochs x samples in order, chunk_size at a time
-            for start in range(0, h.samples, h.chunk_size):
-                c = self.index[i]
-                count = min(h.chunk_size, h.samples - start)
-                expect((c.epoch, c.start, c.count) == (e, start, count),
-                       f"chunk {i} to hold epoch {e} samples {start}..{start + count}",
-                       f"epoch {c.epoch} samples {c.start}..{c.start + c.count}")
-                raw = self.codec.payload_size(count)
-                expect(c.raw_length == raw, f"{raw} raw bytes in chunk {i}", c.raw_length)
-                expect(c.encoding != ENCODING_ZSTD or h.entropy == "zstd", f"no zstd chunks (header entropy "
-                       f"{h.entropy!r})", f"zstd chunk {i}")
-                i += 1
+        for i, (e, start, count) in enumerate(tiling):  # chunks tile epochs x samples in order
+            c = self.index[i]
+            expect((c.epoch, c.start, c.count) == (e, start, count),
+                   f"chunk {i} to hold epoch {e} samples {start}..{start + count}",
+                   f"epoch {c.epoch} samples {c.start}..{c.start + c.count}")
+            raw = self.codec.payload_size(count)
+            expect(c.raw_length == raw, f"{raw} raw bytes in chunk {i}", c.raw_length)
+            expect(c.encoding != ENCODING_ZSTD or h.entropy == "zstd", f"no zstd chunks (header entropy "
+                   f"{h.entropy!r})", f"zstd chunk {i}")
+        self.tiling = tiling
+        self._last: tuple[tuple, np.ndarray] | None = None  # the last chunk decoded, when chunks span epochs
         self._chunks_offset = chunks.offset
         # the recipe epoch each stored epoch was relabelled in; not the identity only in pruned files
         self.epoch_ids = np.arange(h.epochs)
@@ -145,9 +144,14 @@ class SlcFile:
         stop = self.header.samples if stop is None else stop
         self.check_range(start, stop)
         for e in self.select_epochs(epochs):
-            for c in iter_entries(self.index, e, start, stop):
-                a, b = max(start, c.start), min(stop, c.start + c.count)
-                yield e, a, self.decode_chunk(c, out, temperature)[a - c.start:b - c.start]
+            for i, a, b, first in self.tiling.locate(e, start, stop):
+                if not self.tiling.spans_epochs:
+                    yield e, first, self.decode_chunk(self.index[i], out, temperature)[a:b]
+                    continue
+                key = (i, out, temperature)
+                if self._last is None or self._last[0] != key:  # epochs that share a chunk decode it once
+                    self._last = key, self.decode_chunk(self.index[i], out, temperature)
+                yield e, first, self._last[1][a:b].copy()  # a copy: the caller may write into it
 
     def decode(self, epoch: int = 0, start: int = 0, stop: int | None = None, out: Kind = "probs",
                temperature: float | None = None) -> np.ndarray:
@@ -180,10 +184,10 @@ class SlcFile:
         codec = self.sparse_codec
         stop = self.header.samples if stop is None else stop
         self.check_range(start, stop)
-        for c in iter_entries(self.index, 0, start, stop):
-            a, b = max(start, c.start) - c.start, min(stop, c.start + c.count) - c.start
+        for i, a, b, first in self.tiling.locate(0, start, stop):  # token files hold one epoch
+            c = self.index[i]
             s = codec.decode_sparse(self.chunk_payload(c), c.count)
-            yield c.start + a, SparseLabels(s.indices[a:b], s.logp[a:b], s.tail[a:b])
+            yield first, SparseLabels(s.indices[a:b], s.logp[a:b], s.tail[a:b])
 
     def sparse(self, start: int = 0, stop: int | None = None) -> SparseLabels:
         """Token labels ``[start, stop)`` as stored: top-k word indices, their log-probabilities, the tail."""

@@ -212,6 +212,10 @@ def test_decode_refuses_binary_on_a_terminal(tmp_path, logits_npy):
 def test_inspect_counts_the_labels_in_each_chunk(tmp_path, logits_npy):
     run_slc("compress", logits_npy, "-o", tmp_path / "l.slc", "--codec", "fp16", "-q", check=True)
     out = run_slc("inspect", tmp_path / "l.slc", check=True).stdout.decode()
+    assert "1 chunk of 1,400 labels (2 epochs each)" in " ".join(out.split())
+    run_slc("compress", logits_npy, "-o", tmp_path / "e.slc", "--codec", "fp16", "-q", "--epochs-per-chunk", "1",
+            check=True)
+    out = run_slc("inspect", tmp_path / "e.slc", check=True).stdout.decode()
     assert "2 chunks of 700 labels" in " ".join(out.split())
 
 

@@ -99,7 +99,7 @@ def test_files_are_the_planned_bytes_and_read_back(tmp_path, rest):
                      fit_config={"steps": 60})
     assert r.bytes <= plan.bytes < r.bytes + 200 and 8 <= r.ratio <= 8.8
     f = slc.open_slc(tmp_path / "h.slc")
-    assert f.header.codec == "hybrid" and f.layout.minor == 4
+    assert f.header.codec == "hybrid" and (f.layout.minor, f.header.epochs_per_chunk) == (5, 3)  # 3 epochs a chunk
     probs = f.decode(1)
     ref = to_logp(logits[1], "logits", 4.0)
     assert (probs.argmax(1) == ref.argmax(1)).all()

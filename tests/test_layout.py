@@ -22,7 +22,7 @@ LAYERS = [
     ("bench", {"slc.bench"}),
     ("cli", {"slc.cli", "slc.__main__"}),
 ]
-SHIMS = {"slc.distill", "slc.sizing"}  # module paths the 0.4 README documented, re-exported for one release
+SHIMS: set[str] = set()  # old module paths re-exported for one release (slc.distill and slc.sizing went in 0.7)
 
 
 def module_name(path: Path) -> str:
@@ -150,9 +150,9 @@ def test_import_slc_is_cheap_and_the_api_loads_by_name():
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr
 
 
-def test_the_documented_module_paths_still_import():
-    from slc.distill import kd_loss
-    from slc.lm.distill import kd_loss as moved
-    from slc.sizing import paper_vq_bytes
+def test_the_0_4_module_paths_are_gone_as_announced():
+    import importlib
 
-    assert kd_loss is moved and paper_vq_bytes(1, 1, 2, 1, 1) > 0
+    for mod in ("slc.distill", "slc.sizing"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(mod)

@@ -466,6 +466,12 @@ HEADER_LIES = {
     "epochs 2**32 (u32 in the index)": _set(epochs=2**32, samples=1),
     "writer not a string": _set(writer=1),
     "user not an object": _set(user=[1]),
+    "epochs_per_chunk 0": _set(epochs_per_chunk=0),
+    "epochs_per_chunk bool": _set(epochs_per_chunk=True),
+    "epochs_per_chunk a float": _set(epochs_per_chunk=2.0),
+    "epochs_per_chunk over the epochs": _set(epochs_per_chunk=3, chunk_size=64),
+    "epochs_per_chunk x samples over chunk_size": _set(epochs_per_chunk=2),
+    "epochs_per_chunk 2 but one chunk per epoch in the index": _set(epochs_per_chunk=2, chunk_size=42),
     **{f"missing {k}": _without(k) for k in ("classes", "epochs", "samples", "temperature", "source", "codec",
                                                "codec_params", "tensors", "chunk_size", "entropy")},
 }

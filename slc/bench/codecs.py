@@ -98,15 +98,16 @@ def score(path: str, ref: Scored) -> tuple[dict, float, int]:
     seconds, decoded = 0.0, 0
     with open_slc(path) as f:
         ids = f.epoch_ids
-        for c in f.index:
+        for i, c in enumerate(f.index):
             t0 = time.perf_counter()
             y = f.decode_chunk(c)
             seconds += time.perf_counter() - t0
             decoded += c.count
-            e = int(ids[c.epoch])
-            lo = max(c.start, ref.start)
-            if e in ref.logp and lo < c.start + c.count:
-                meter.update(ref.logp[e][lo - ref.start:c.start + c.count - ref.start], y[lo - c.start:])
+            for stored, first, a, b in f.tiling.contents(i):
+                e, lo = int(ids[stored]), max(first, ref.start)
+                end = first + b - a
+                if e in ref.logp and lo < end:
+                    meter.update(ref.logp[e][lo - ref.start:end - ref.start], y[a + lo - first:b])
     return meter.result(), seconds, decoded
 
 

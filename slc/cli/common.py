@@ -179,6 +179,8 @@ def codec_options(fn):
                           "(pca), --param domain=prob. Repeatable; a key the codec does not take is refused."),
         click.option("--chunk-size", type=int, help="Labels per chunk (also the unit of --resume) [default: 4096, "
                      "fewer for vocabularies over 32k]."),
+        click.option("--epochs-per-chunk", type=int, help="Whole epochs one chunk holds (format 1.5) [default: as "
+                     "many as --chunk-size labels hold; 1 writes a file that slc < 0.7 reads]."),
         click.option("--zstd/--no-zstd", default=None, help="zstd-code each chunk (kept only where it saves bytes) "
                      "[default: on for topk-vq, off otherwise]."),
         click.option("--tensor-dtype", type=click.Choice(["fp16", "fp32"]),
@@ -201,7 +203,7 @@ def codec_options(fn):
 
 
 def compress_options(codec, temperature, ratio, budget, k, dc, dh, params, chunk_size, zstd, tensor_dtype,
-                     fit_labels, fit_steps, min_agreement=MIN_AGREEMENT, seed=0, **fixed):
+                     fit_labels, fit_steps, min_agreement=MIN_AGREEMENT, seed=0, epochs_per_chunk=None, **fixed):
     """The :class:`~slc.compression.CompressOptions` the codec options ask for (``fixed``: more fields)."""
     from slc.codecs.planner import parse_size
     from slc.compression import CompressOptions
@@ -209,7 +211,8 @@ def compress_options(codec, temperature, ratio, budget, k, dc, dh, params, chunk
     options = parse_params(params)
     fit_config = PRESETS[codec].fit_steps(fit_steps, options)
     given = dict(codec=codec, temperature=temperature, ratio=ratio, budget=parse_size(budget) if budget else None,
-                 k=k, dc=dc, dh=dh, options=options, chunk_size=chunk_size, zstd=zstd, seed=seed,
+                 k=k, dc=dc, dh=dh, options=options, chunk_size=chunk_size, epochs_per_chunk=epochs_per_chunk,
+                 zstd=zstd, seed=seed,
                  tensor_dtype={"fp16": "<f2", "fp32": "<f4", None: None}[tensor_dtype], fit_config=fit_config,
                  min_agreement=min_agreement)
     if fit_labels is not None:

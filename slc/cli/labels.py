@@ -143,10 +143,12 @@ def summary(file: str, info: dict) -> str:
     p = ", ".join(f"{k}={v}" for k, v in info["codec_params"].items())
     lo, hi = info["labels_per_chunk"]
     per_chunk = f"{lo:,} labels" if lo == hi else f"{lo:,}-{hi:,} labels"
+    if info.get("epochs_per_chunk", 1) > 1:
+        per_chunk += f" ({info['epochs_per_chunk']} epochs each)"
     lines = [f"[bold]{file}[/bold]  .slc v{info['format_version']}  written by {info['writer']}",
              f"{info['epochs']} epochs x {info['samples']} samples x {info['classes']} classes "
              f"= {info['labels']:,} labels from {info['source']} at T={info['temperature']:g}; "
-             f"codec {info['codec']} ({p}); {info['chunks']} chunks of {per_chunk}, entropy {info['entropy']}"]
+             f"codec {info['codec']} ({p}); {info['chunks']} chunk{'s' if info['chunks'] != 1 else ''} of {per_chunk}, entropy {info['entropy']}"]
     lines.append("top-1: every label's most probable class is stored exactly (100% agreement by construction)"
                  if info["keeps_top1"] else "top-1: not stored apart from the rest; `slc inspect --against LABELS` measures "
                  "the agreement")

@@ -14,6 +14,7 @@ import numpy as np
 
 from slc.format.bitpack import bits_for as code_bits, packed_size
 from slc.format.container import CHUNK, ENTRY, PREAMBLE, align, header_bytes
+from slc.format.tiling import Tiling
 from slc.errors import SlcInputError
 
 MB = 1024**2
@@ -60,12 +61,6 @@ def default_chunk_size(classes: int, max_elements: int) -> int:
 
 
 # ---------------------------------------------------------------- real container sizes
-def chunk_counts(epochs: int, samples: int, chunk_size: int) -> list[int]:
-    """Label counts of the chunks of one epoch (every epoch is chunked the same way)."""
-    full, rest = divmod(samples, chunk_size)
-    return [chunk_size] * full + ([rest] if rest else [])
-
-
 def file_bytes(sections: Iterable[int]) -> int:
     """Exact length of a file whose section bodies have these sizes, in file order.
 
@@ -83,11 +78,12 @@ def json_bytes(obj) -> int:
 
 
 def container_bytes(epochs: int, samples: int, chunk_size: int, payload_of, tensor_bytes: list[int],
-                    header_bytes: int, before: Sequence[int] = (), after: Sequence[int] = ()) -> int:
+                    header_bytes: int, before: Sequence[int] = (), after: Sequence[int] = (),
+                    epochs_per_chunk: int = 1) -> int:
     """Exact file size for raw chunks: header, tensors, the ``before`` sections, chunks, index, ``after``."""
-    counts = chunk_counts(epochs, samples, chunk_size)
-    chunks = epochs * sum(payload_of(c) for c in counts)
-    index = epochs * len(counts) * CHUNK.size
+    counts = Tiling(epochs, samples, chunk_size, epochs_per_chunk).counts()
+    chunks = sum(payload_of(c) * times for c, times in counts.items())
+    index = sum(counts.values()) * CHUNK.size
     return file_bytes([header_bytes, *tensor_bytes, *before, chunks, index, *after])
 
 
@@ -109,19 +105,23 @@ class Frame:
     before: tuple[int, ...] = ()
     after: tuple[int, ...] = ()
     dense: int = 0
+    epochs_per_chunk: int = 1
 
     @classmethod
     def of(cls, shape: tuple[int, int, int], chunk_size: int, *, temperature: float = 1.0, user: dict | None = None,
-           before: Sequence[int] = (), after: Sequence[int] = (), dense: int | None = None) -> "Frame":
+           before: Sequence[int] = (), after: Sequence[int] = (), dense: int | None = None,
+           epochs_per_chunk: int | None = None) -> "Frame":
+        """``epochs_per_chunk``: None is what a writer chooses (:meth:`Tiling.default`)."""
         from slc import __version__
         from slc.format.header import Header
 
         e, n, c = shape
         # "logits" is the longer source name: an upper bound for either
+        g = Tiling.default(e, n, chunk_size).epochs_per_chunk if epochs_per_chunk is None else epochs_per_chunk
         base = Header(c, e, n, float(temperature), "logits", "", {}, {}, chunk_size, "none", f"slc {__version__}",
-                      user or {})
+                      user or {}, g)
         return cls(e, n, c, chunk_size, json_bytes(base.to_json()), tuple(before), tuple(after),
-                   dense if dense is not None else dense_bytes(e * n, c))
+                   dense if dense is not None else dense_bytes(e * n, c), g)
 
     @property
     def labels(self) -> int:
@@ -143,7 +143,7 @@ class Frame:
         tensors = [math.prod(shape) * np.dtype(d).itemsize for d, shape in specs.values()]
         return container_bytes(self.epochs, self.samples, self.chunk_size,
                                lambda n: codec.planned_payload(plan_params, self.classes, n), tensors,
-                               self.header(codec.name, stored, specs), self.before, self.after)
+                               self.header(codec.name, stored, specs), self.before, self.after, self.epochs_per_chunk)
 
 
 # ---------------------------------------------------------------- planning
@@ -175,12 +175,12 @@ def target_bytes(dense_fp16: int, ratio: float | None, budget: int | None) -> in
 
 
 def vqae_bytes(classes, epochs, samples, chunk_size, k, dc, dh, itemsize=2, bias=True, header_bytes=0,
-               before: Sequence[int] = (), after: Sequence[int] = ()) -> int:
+               before: Sequence[int] = (), after: Sequence[int] = (), epochs_per_chunk: int = 1) -> int:
     """A VQAE file's bytes by arithmetic alone (the planner's search; ``header_bytes`` as given)."""
     bits = code_bits(k)
     tensors = [k * dc * itemsize, dh * classes * itemsize] + ([classes * itemsize] if bias else [])
     return container_bytes(epochs, samples, chunk_size, lambda n: packed_size(n * (dh // dc), bits), tensors,
-                           header_bytes, before, after)
+                           header_bytes, before, after, epochs_per_chunk)
 
 
 # Measured on real 1000-class labels (benchmarks/fidelity.py, README): at equal bytes, about 4
@@ -258,7 +258,7 @@ def plan_vqae(frame: Frame, target: int | None, *, k: int | None = None, dc: int
 
     def size(k_, dc_, dh_):
         return vqae_bytes(classes, frame.epochs, frame.samples, frame.chunk_size, k_, dc_, dh_, itemsize, bias,
-                          header, frame.before, frame.after)
+                          header, frame.before, frame.after, frame.epochs_per_chunk)
 
     best = None
     for b in ([code_bits(k)] if k is not None else range(1, 17)):

@@ -358,10 +358,3 @@ class ContainerWriter:
 def header_bytes(header: dict) -> bytes:
     """Canonical JSON: sorted keys, no whitespace, so equal headers give equal bytes."""
     return json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-def iter_entries(entries: Iterable[ChunkEntry], epoch: int, start: int, stop: int) -> Iterable[ChunkEntry]:
-    """The chunks of ``epoch`` that overlap samples ``[start, stop)``."""
-    for e in entries:
-        if e.epoch == epoch and e.start < stop and e.start + e.count > start:
-            yield e

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slc.errors import expect
+from slc.format.tiling import Tiling
 
 MAX_CLASSES = 1 << 21  # 2M: token vocabularies included
 MAX_LABELS = 1 << 48
@@ -24,13 +25,19 @@ class Header:
     entropy: str = "none"  # "none" or "zstd"
     writer: str = ""
     user: dict = field(default_factory=dict)
+    epochs_per_chunk: int = 1  # 1.5: whole epochs stored in each chunk (slc.format.tiling)
+
+    @property
+    def tiling(self) -> Tiling:
+        return Tiling(self.epochs, self.samples, self.chunk_size, self.epochs_per_chunk)
 
     @property
     def labels(self) -> int:
         return self.epochs * self.samples
 
     def to_json(self) -> dict:
-        return {"classes": self.classes, "epochs": self.epochs, "samples": self.samples,
+        spans = {"epochs_per_chunk": self.epochs_per_chunk} if self.epochs_per_chunk > 1 else {}
+        return {**spans, "classes": self.classes, "epochs": self.epochs, "samples": self.samples,
                 "temperature": self.temperature, "source": self.source, "codec": self.codec,
                 "codec_params": self.codec_params, "tensors": self.tensors, "chunk_size": self.chunk_size,
                 "entropy": self.entropy, "writer": self.writer, "user": self.user}
@@ -61,6 +68,8 @@ class Header:
                f"1 <= chunk_size and chunk_size x classes <= {MAX_CHUNK_ELEMENTS}", f"{chunk} x {classes}")
         entropy = get("entropy", str, "a string")
         expect(entropy in ("none", "zstd"), "entropy 'none' or 'zstd'", repr(entropy))
+        per_chunk = get("epochs_per_chunk", int, "an integer", True) if "epochs_per_chunk" in d else 1
+        Tiling(epochs, samples, chunk, per_chunk)  # validates it
         tensors = get("tensors", dict, "an object")
         for name, spec in tensors.items():
             ok = (isinstance(spec, dict) and set(spec) == {"dtype", "shape"} and isinstance(spec["shape"], list)
@@ -68,4 +77,4 @@ class Header:
             expect(ok, f"tensor {name!r} described as {{dtype, shape}}", repr(spec)[:80])
         return cls(classes, epochs, samples, float(t), source, get("codec", str, "a string"),
                    get("codec_params", dict, "an object"), tensors, chunk, entropy,
-                   get("writer", str, "a string", True), get("user", dict, "an object", True))
+                   get("writer", str, "a string", True), get("user", dict, "an object", True), per_chunk)

@@ -172,13 +172,12 @@ class SoftLabelDataset(Dataset):
         """The decoded label of item ``i``; decodes (and caches) its whole chunk."""
         epoch, position = self.crops.locate(i)
         f = self._slc()
-        per = -(-self.shape[1] // self.chunk_size)
-        key = epoch * per + position // self.chunk_size
+        key, row, _, _ = next(f.tiling.locate(epoch, position, position + 1))
         if key not in self._cache:
             if len(self._cache) >= 2:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = f.decode_chunk(f.index[key], self.out, self.temperature)
-        return self._cache[key][position % self.chunk_size]
+        return self._cache[key][row]
 
     def __getitem__(self, i: int):
         x = self.crops[i]

@@ -6,6 +6,7 @@
     python tests/golden/make_golden.py v1.3    # token-level topk-vq files with tokens.seq / tokens.ids
     python tests/golden/make_golden.py v1.3-capped    # the capped tail, from the v1.3 input
     python tests/golden/make_golden.py v1.4    # the hybrid codec, both forms, from the v1.0 logits
+    python tests/golden/make_golden.py v1.5    # chunks that span epochs (5 epochs of 7 labels, 2 a chunk)
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -105,6 +106,24 @@ def make_v1_4() -> None:
     print(f"wrote {len(expected)} v1.4 files")
 
 
+def make_v1_5() -> None:
+    """Chunks of 2 whole epochs (the last chunk one epoch), top-k under zstd, plus a hybrid file."""
+    rng = np.random.default_rng(20261130)
+    logits = (rng.normal(size=(5, 7, 10)) * 2.0).astype(np.float32)
+    expected = {"input": logits}
+    for name, kw in {"topk": {"codec": "topk", "k": 3, "zstd": True},
+                     "hybrid": {"codec": "hybrid", "options": {"top": 1, "m": 2, "codes": 16},
+                                "fit_config": {"steps": 50}}}.items():
+        out = HERE / f"v1.5-epochs-per-chunk-{name}.slc"
+        slc.compress(logits, str(out), source="logits", temperature=2.0, chunk_size=16, force=True, **kw)
+        with slc.open_slc(out) as f:
+            f.verify()
+            assert f.header.epochs_per_chunk == 2 and len(f.index) == 3
+            expected[name] = np.stack([f.decode(e, out="logits") for e in range(f.header.epochs)])
+    np.savez(HERE / "v1.5-expected.npz", **expected)
+    print("wrote 2 v1.5 files")
+
+
 def make_v1_3() -> None:
     """Token labels over 300 words (2-byte ranks), 40 tokens in 3 sequences, chunks of 16."""
     rng = np.random.default_rng(20261129)
@@ -143,5 +162,5 @@ if __name__ == "__main__":
     import sys
 
     makers = {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3, "v1.3-capped": make_v1_3_capped,
-              "v1.4": make_v1_4}
+              "v1.4": make_v1_4, "v1.5": make_v1_5}
     makers[sys.argv[1] if len(sys.argv) > 1 else "v1.3"]()
