@@ -85,12 +85,16 @@ def test_bench_students_floor_ceiling_and_pruned_rows(tmp_path, folder):  # noqa
     assert [row["pruned"] for row in r["rows"]] == [False, True]
 
 
-def test_a_kl_within_one_percent_is_a_tie_not_a_win():
+def test_a_kl_within_one_percent_is_a_tie_and_a_win_that_loses_top1_is_named_as_such():
     from slc.bench.codecs import verdicts
 
     rows = [{"codec": "auto", "target": 10.0, "bytes": 1000, "ratio": 10.0, "kl": {4.0: 1.000e-3}, "pruned": False,
-             "picked_by_t": {4.0: "topk"}},
-            {"codec": "topk", "target": 40.0, "bytes": 250, "ratio": 40.0, "kl": {4.0: 0.996e-3}, "pruned": False}]
-    assert verdicts(rows, [4.0]) == ["T=4 10x: auto (topk) ties with topk at 40.0x (KL within 1%)"]
+             "picked_by_t": {4.0: "hybrid"}, "top1_by_t": {4.0: 1.0}},
+            {"codec": "topk", "target": 40.0, "bytes": 250, "ratio": 40.0, "kl": {4.0: 0.996e-3}, "pruned": False,
+             "top1_by_t": {4.0: 1.0}}]
+    assert verdicts(rows, [4.0]) == ["T=4 10x: auto (hybrid, top-1 100.0%) ties with the front (KL within 1%)"]
     rows[1]["kl"][4.0] = 0.5e-3
-    assert "is beaten by topk at 40.0x" in verdicts(rows, [4.0])[0]
+    assert "is beaten by topk at 40.0x (KL 0.0005, 2.00x lower, top-1 100.0%)" in verdicts(rows, [4.0])[0]
+    rows[1]["top1_by_t"][4.0] = 0.673
+    assert verdicts(rows, [4.0]) == ["T=4 10x: auto (hybrid, top-1 100.0%), KL 0.001: lower KL only from codecs "
+                                     "that lose the top-1, best topk at 40.0x (KL 0.0005, top-1 67.3%)"]

@@ -23,7 +23,7 @@ from slc.compression import CompressOptions, compress
 from slc.errors import SlcError, SlcInputError
 from slc.codecs.labels import detect_source, to_logp
 from slc.fidelity import Fidelity
-from slc.codecs.presets import DEFAULT, LOSSLESS, PRESETS
+from slc.codecs.presets import DEFAULT, LOSSLESS, MIN_AGREEMENT, PRESETS
 from slc.reader import open_slc
 from slc.sources import SlcSource, open_labels
 
@@ -235,6 +235,7 @@ def bench_row(src, kind: str, spec: Spec, ratio: float | None, temps, refs: dict
         fid, dec_s, decoded = score(path, refs[t])
         row["kl"][t] = fid["kl"]
         row.setdefault("picked_by_t", {})[t] = r.codec
+        row.setdefault("top1_by_t", {})[t] = fid["top1_agreement"]
         if t == temps[0]:  # bytes, agreement and speed from the first temperature
             row.update(bytes=r.bytes, ratio=r.ratio, params=r.plan.params, path=path,
                        top1=fid["top1_agreement"], top5=fid["top5_overlap"], scored=fid["labels"],
@@ -275,28 +276,36 @@ TIE = 0.99  # a row "beats" auto only with a KL more than 1% lower: closer is no
 
 
 def verdicts(rows: list[dict], temps: list[float]) -> list[str]:
-    """Where the default codec (``auto``) stands: on the front (as :func:`mark_front` marked it), or
-    which row beats it by how much."""
+    """Where the default codec (``auto``) stands: on the front (as :func:`mark_front` marked it), or which
+    row beats it by how much, and whether that row keeps the teacher's top-1 as the default promises to."""
     lines = []
     for t in temps:
         for r in rows:
             if r["codec"] != DEFAULT or "error" in r or t not in r["kl"]:
                 continue
-            picked = r["picked_by_t"][t]
+            head = f"T={t:g} {r['target']:g}x: auto ({r['picked_by_t'][t]}, top-1 {_top1(r, t)})"
             if t in r.get("front", []):
-                lines.append(f"T={t:g} {r['target']:g}x: auto ({picked}) is on the front")
+                lines.append(f"{head} is on the front")
                 continue
             better = [x for x in rows if "error" not in x and not x["pruned"] and t in x["kl"]
-                      and x["bytes"] <= r["bytes"] and x["kl"][t] < r["kl"][t]]
-            best = min(better, key=lambda x: x["kl"][t])
-            if best["kl"][t] >= TIE * r["kl"][t]:
-                lines.append(f"T={t:g} {r['target']:g}x: auto ({picked}) ties with {best['codec']} at "
-                             f"{best['ratio']:.1f}x (KL within {100 * (1 - TIE):.0f}%)")
-                continue
-            lines.append(f"T={t:g} {r['target']:g}x: auto ({picked}, KL {r['kl'][t]:.4g}) is beaten by "
-                         f"{best['codec']} at {best['ratio']:.1f}x (KL {best['kl'][t]:.4g}, "
-                         f"{r['kl'][t] / best['kl'][t]:.2f}x lower)")
+                      and x["bytes"] <= r["bytes"] and x["kl"][t] < TIE * r["kl"][t]]
+            keeping = [x for x in better if x.get("top1_by_t", {}).get(t, 0.0) >= MIN_AGREEMENT]
+            if not better:
+                lines.append(f"{head} ties with the front (KL within {100 * (1 - TIE):.0f}%)")
+            elif keeping:
+                best = min(keeping, key=lambda x: x["kl"][t])
+                lines.append(f"{head}, KL {r['kl'][t]:.4g}, is beaten by {best['codec']} at {best['ratio']:.1f}x "
+                             f"(KL {best['kl'][t]:.4g}, {r['kl'][t] / best['kl'][t]:.2f}x lower, top-1 {_top1(best, t)})")
+            else:
+                best = min(better, key=lambda x: x["kl"][t])
+                lines.append(f"{head}, KL {r['kl'][t]:.4g}: lower KL only from codecs that lose the top-1, best "
+                             f"{best['codec']} at {best['ratio']:.1f}x (KL {best['kl'][t]:.4g}, top-1 {_top1(best, t)})")
     return lines
+
+
+def _top1(row: dict, t: float) -> str:
+    a = row.get("top1_by_t", {}).get(t)
+    return "?" if a is None else f"{100 * a:.1f}%"
 
 
 def train_students(result: dict, images: str, out_dir: str, tc, *, teacher: str | None = None,
