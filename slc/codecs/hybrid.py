@@ -29,6 +29,7 @@ from slc.errors import SlcFormatError, expect
 from slc.format.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 
 PREFIX = "hybrid."
+MAX_ONE_CODE_BITS = 12  # the widest single code the ladder offers (4,096 codes)
 RESTS = ("full", "collapsed")
 DEFAULTS = {"rest": "full", "top": 1, "codes": 256, "prior_weight": 0.99}
 MAX_TOP = 1024
@@ -178,10 +179,14 @@ class HybridCodec(Codec):
 
     @staticmethod
     def fewer_bits(rungs: list[dict], options: dict) -> list[dict]:
-        """Below one full code per label (few classes at high ratios), one code of fewer bits."""
+        """Around one full code per label (few classes), one code of 1 to 12 bits: below it for high ratios,
+        above it for the bits a second code would overshoot (measured on real 10-class labels at T=4: one
+        12-bit code has 0.55x the KL of one 8-bit code)."""
         if "codes" in options or not rungs or rungs[0]["m"] != 1:
             return rungs
-        return [{**rungs[0], "codes": 1 << b} for b in range(1, bits_for(rungs[0]["codes"]))] + rungs
+        one = rungs[0]
+        more = [{**one, "codes": 1 << b} for b in range(bits_for(one["codes"]) + 1, MAX_ONE_CODE_BITS + 1)]
+        return [{**one, "codes": 1 << b} for b in range(1, bits_for(one["codes"]))] + [one] + more + rungs[1:]
 
     @classmethod
     def _vq_plan(cls, params: dict) -> dict:
