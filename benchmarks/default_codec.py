@@ -203,23 +203,23 @@ def markdown(rows: list[dict], classes: int, name: str | None = None) -> str:
 
 def render(rows: list[dict], classes: int, name: str | None = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     what = f"{name}, {classes} classes" if name else f"{classes} classes"
-    tab = Table(title=f"the default against every codec, {what}: held-out KL (top-1 agreement, ratio)")
-    for col in COLUMNS:
-        tab.add_column(col, justify="right")
-    for row in rows:
-        tab.add_row(*cells(row))
-    Console().print(tab)
+    Console().print(table(f"the default against every codec, {what}: held-out KL (top-1 agreement, ratio)",
+                          COLUMNS, [cells(r) for r in rows]))
     if name:
-        tab = Table(title=f"fit seconds, {what}")
-        for col in FIT_COLUMNS:
-            tab.add_column(col, justify="right")
-        for row in rows:
-            tab.add_row(*fit_cells(row))
-        Console().print(tab)
+        Console().print(table(f"fit seconds, {what}", FIT_COLUMNS, [fit_cells(r) for r in rows]))
 
+
+def table(title: str, columns: list[str], body: list[list[str]]):
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for col in columns:
+        tab.add_column(col, justify="right")
+    for row in body:
+        tab.add_row(*row)
+    return tab
 
 if __name__ == "__main__":
     main()

@@ -44,6 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 import fmnist_groundtruth as gt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from real_labels import read_cache, write_cache  # noqa: E402
+
 from slc.format.replay import Recipe  # noqa: E402
 from slc.vision.augment import crop_boxes, epoch_order, render  # noqa: E402
 
@@ -115,13 +118,9 @@ def load_cnn_labels(name: str = "fmnist-cnn", force: bool = False, log=print) ->
     """The named set (keys as ``real_labels.load_real_labels``: logits, images_idx, targets, crops, meta)."""
     p = SETS[name]
     d = cache_root() / "real_labels" / name
-    mp = d / "meta.json"
-    if not force and mp.exists() and all((d / f"{f}.npy").exists() for f in FILES):
-        old = json.loads(mp.read_text())
-        if all(old.get(k) == v for k, v in p.items()):
-            out = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in FILES}
-            out["meta"] = old
-            return out
+    cached = None if force else read_cache(d, p, FILES)
+    if cached is not None:
+        return cached
     data = gt.load_fmnist()
     model, info = teacher(data, log)
     idx = select(data["train_y"], p["part"], p["images"])
@@ -133,14 +132,7 @@ def load_cnn_labels(name: str = "fmnist-cnn", force: bool = False, log=print) ->
                 order="ImageFolder order (class, then train index); positions per epoch by the recipe's order",
                 seconds=round(seconds, 2), torch=torch.__version__, **p)
     out = dict(logits=logits, images_idx=idx, targets=data["train_y"][idx].astype(np.int64), crops=crops)
-    d.mkdir(parents=True, exist_ok=True)
-    for f in FILES:
-        tmp = d / f"{f}.tmp.npy"
-        np.save(tmp, out[f])
-        os.replace(tmp, d / f"{f}.npy")
-    mp.write_text(json.dumps(meta, indent=1))
-    out["meta"] = meta
-    return out
+    return write_cache(d, out, meta, FILES)
 
 
 def main(argv=None) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lm_labels as lm  # noqa: E402
+from real_labels import read_cache, write_cache  # noqa: E402
 
 WORDS = 5000
 TRAIN_TOKENS, HELDOUT_TOKENS = 16_384 + 4_096, 2_000
@@ -93,13 +93,9 @@ def histories(words, toks, starts, first: int, count: int) -> tuple[list[tuple[s
 def load_slice_labels(name: str = "kjv-trigram-5000", workers: int = 1, force: bool = False, log=print) -> dict:
     p = SETS[name]
     d = cache_root() / name
-    mp = d / "meta.json"
-    if not force and mp.exists() and all((d / f"{f}.npy").exists() for f in FILES):
-        old = json.loads(mp.read_text())
-        if all(old.get(k) == v for k, v in p.items()):
-            out = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in FILES}
-            out["meta"] = old
-            return out
+    cached = None if force else read_cache(d, p, FILES)
+    if cached is not None:
+        return cached
     words, toks, starts = text()
     sl = word_slice(words, p["words"])
     if p["part"] == "train":
@@ -133,14 +129,8 @@ def load_slice_labels(name: str = "kjv-trigram-5000", workers: int = 1, force: b
                 seconds=round(seconds, 1), ms_per_position=round(1000 * seconds / len(jobs), 3), **p)
     out = dict(logits=logits, targets=targets.astype(np.int32), positions=pos, slice=sl)
     d.mkdir(parents=True, exist_ok=True)
-    for f in FILES:
-        tmp = d / f"{f}.tmp.npy"
-        np.save(tmp, out[f])
-        os.replace(tmp, d / f"{f}.npy")
     (d / "words.txt").write_text("\n".join(sub) + "\n")
-    mp.write_text(json.dumps(meta, indent=1))
-    out["meta"] = meta
-    return out
+    return write_cache(d, out, meta, FILES)
 
 
 def main(argv=None) -> None:

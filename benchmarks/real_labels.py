@@ -218,13 +218,9 @@ def load_real_labels(name: str = "fmnist-effnet-l0", cache_dir=None, *, epochs=N
                 recipe="invert, bilinear upsample 28->size, RandomResizedCrop(0.08-1, 3/4-4/3), "
                        "hflip p=0.5, bilinear resize to size; (x-127)/128",
                 **p)
-    mp = d / "meta.json"
-    if not force and mp.exists() and all((d / f"{f}.npy").exists() for f in FILES):
-        old = json.loads(mp.read_text())
-        if all(old.get(k) == v for k, v in p.items()):
-            out = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in FILES}
-            out["meta"] = old
-            return out
+    cached = None if force else read_cache(d, p, FILES)
+    if cached is not None:
+        return cached
 
     imgs, labels = load_fmnist("train")
     idx = select_indices(labels, p["images"], p["part"])
@@ -234,12 +230,30 @@ def load_real_labels(name: str = "fmnist-effnet-l0", cache_dir=None, *, epochs=N
     meta["ms_per_crop"] = round(1000 * meta["seconds"] / logits.shape[0] / logits.shape[1], 3)
     meta["torch"] = torch.__version__
     out = dict(logits=logits, images_idx=idx, targets=labels[idx].astype(np.int64), crops=crops)
+    return write_cache(d, out, meta, FILES)
+
+
+def read_cache(d: Path, params: dict, files) -> dict | None:
+    """The set cached in ``d`` (``files`` as memory-mapped arrays, ``meta``) if it was made with ``params``."""
+    mp = d / "meta.json"
+    if not (mp.exists() and all((d / f"{f}.npy").exists() for f in files)):
+        return None
+    old = json.loads(mp.read_text())
+    if not all(old.get(k) == v for k, v in params.items()):
+        return None
+    out = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in files}
+    out["meta"] = old
+    return out
+
+
+def write_cache(d: Path, out: dict, meta: dict, files) -> dict:
+    """Cache ``out``'s arrays and ``meta`` in ``d``; meta.json last, so an interrupted run never looks complete."""
     d.mkdir(parents=True, exist_ok=True)
-    for f in FILES:  # write atomically so an interrupted run never looks complete
+    for f in files:
         tmp = d / f"{f}.tmp.npy"
         np.save(tmp, out[f])
         os.replace(tmp, d / f"{f}.npy")
-    mp.write_text(json.dumps(meta, indent=1))
+    (d / "meta.json").write_text(json.dumps(meta, indent=1))
     out["meta"] = meta
     return out
 
