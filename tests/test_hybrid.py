@@ -12,6 +12,7 @@ import slc
 from slc.codecs.hybrid import HybridCodec
 from slc.codecs.labels import rank_fix, to_logp
 from slc.codecs.planner import Frame, plan_for
+from slc.codecs.presets import PRESETS
 from slc.errors import SlcFormatError, SlcInputError
 from tests.conftest import synthetic_logits
 
@@ -83,7 +84,7 @@ def test_bad_payloads_are_format_errors():
     with pytest.raises(SlcFormatError, match="class indices < 60"):
         codec.decode(bytes(payload), 4)
     same = bytearray(codec.encode(HELD[:4]))
-    idx = HybridCodec(C, 2, "full", codec.vq)  # both stored classes of label 0 the same
+    idx = HybridCodec(C, 2, "full", codec.inner)  # both stored classes of label 0 the same
     first = np.unpackbits(np.frombuffer(bytes(same[:2]), np.uint8), bitorder="little")[:6]
     bits = np.unpackbits(np.frombuffer(bytes(same), np.uint8), bitorder="little")
     bits[6:12] = first
@@ -160,3 +161,42 @@ def test_golden_v1_4_files_keep_reading_the_same():
             got = np.stack([f.decode(e, out="logits") for e in range(f.shape[0])])
         np.testing.assert_array_equal(got, expected[name])
         assert (got.argmax(-1) == logits.argmax(-1)).all()
+
+
+def test_golden_v1_5_hybrid_pca_keeps_reading_the_same():
+    """Pinned bytes of ``hybrid`` with a PCA rest (tests/golden/make_golden.py v1.5-pca): minor 5, top-1 exact."""
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden"
+    logits = np.load(golden / "v1.0-topk.input.npy")
+    with slc.open_slc(golden / "v1.5-hybrid-pca.slc") as f:
+        f.verify()
+        assert (f.layout.minor, f.header.codec_params["rest"], f.header.codec_params["pca"]["components"]) == (5, "pca", 3)
+        assert sorted(f.header.tensors) == ["hybrid.basis", "hybrid.mean"]
+        got = np.stack([f.decode(e, out="logits") for e in range(f.shape[0])])
+    np.testing.assert_array_equal(got, np.load(golden / "v1.5-hybrid-pca.expected.npy"))
+    top2 = np.argsort(-logits, -1)[..., :2]
+    assert (np.argsort(-got, -1)[..., :2] == top2).all()  # both stored classes, in the teacher's order
+
+
+def test_hybrid_pca_is_the_pca_label_with_the_teachers_top_classes(tmp_path):
+    """The PCA rest decodes as the ``pca`` codec does, then only the stored classes move: same KL order of
+    magnitude, top-1 exact where PCA alone loses it."""
+    from slc.codecs.labels import to_logp
+    from slc.codecs.presets import held_out_score
+
+    logits = synthetic_logits(epochs=2, samples=500, classes=C)
+    lp = to_logp(logits.reshape(-1, C), "logits", 4.0)
+    hyb = PRESETS["hybrid-pca"].build({"rest": "pca", "top": 1, "components": 6}, lp, C)
+    pca = PRESETS["pca"].build({"components": 6, "domain": "logit", "eps": 1e-8}, lp, C)
+    (kl_h, agree_h), (kl_p, agree_p) = held_out_score(hyb, lp), held_out_score(pca, lp)
+    assert agree_h == 1.0 and agree_p < 1.0 and kl_h < 1.5 * kl_p
+    assert hyb.describe() == "hybrid top-1 + 6 pca components"
+
+
+def test_auto_tries_the_pca_hybrid(tmp_path):
+    logs = []
+    slc.compress(synthetic_logits(epochs=4, samples=500, classes=C), tmp_path / "a.slc", ratio=10, temperature=4,
+                 log=logs.append, fit_config={"steps": 60})
+    line = next(x for x in logs if x.startswith("auto: on "))
+    assert "pca components" in line

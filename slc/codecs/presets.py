@@ -112,10 +112,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     # auto: the lowest held-out KL among those that keep the teacher's top-1 (the hybrids and top-k by
     # construction); plain vqae is the hybrid without its index bits and loses top-1 on 20-50% of labels
-    Preset("auto", "hybrid", fit="kl", chooses=("hybrid", "hybrid-prior", "topk", "pca")),
+    Preset("auto", "hybrid", fit="kl", chooses=("hybrid", "hybrid-prior", "hybrid-pca", "topk", "pca")),
     # the teacher's top classes exact, the rest by a VQAE of the label (flat labels) or of its top values (peaked)
     Preset("hybrid", "hybrid", fit="kl"),
     Preset("hybrid-prior", "hybrid", {"rest": "collapsed"}, fit="kl"),
+    # the top classes exact, principal components of the label for the rest (wide, smooth labels)
+    Preset("hybrid-pca", "hybrid", {"rest": "pca"}),
     Preset("vqae", "vqae", planner="vqae", fit="kl", sizes=("k", "dc", "dh")),
     Preset("vqae-paper", "vqae", planner="vqae", fit="paper", tensor_dtype="<f4", sizes=("k", "dc", "dh")),
     # baselines follow the papers they come from (Table 3, eqs. S15-S17)

@@ -7,6 +7,7 @@
     python tests/golden/make_golden.py v1.3-capped    # the capped tail, from the v1.3 input
     python tests/golden/make_golden.py v1.4    # the hybrid codec, both forms, from the v1.0 logits
     python tests/golden/make_golden.py v1.5    # chunks that span epochs (5 epochs of 7 labels, 2 a chunk)
+    python tests/golden/make_golden.py v1.5-pca    # the hybrid with a PCA rest, from the v1.0 logits
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -124,6 +125,18 @@ def make_v1_5() -> None:
     print("wrote 2 v1.5 files")
 
 
+def make_v1_5_pca() -> None:
+    """``hybrid`` with ``rest = "pca"`` (top 2, 3 components), chunks of 8, from the v1.0 logits."""
+    out = HERE / "v1.5-hybrid-pca.slc"
+    slc.compress(str(HERE / "v1.0-topk.input.npy"), str(out), codec="hybrid-pca", options={"top": 2, "components": 3},
+                 source="logits", temperature=2.0, chunk_size=8, epochs_per_chunk=1, force=True)
+    with slc.open_slc(out) as f:
+        f.verify()
+        expected = np.stack([f.decode(e, out="logits") for e in range(f.header.epochs)])
+    np.save(HERE / "v1.5-hybrid-pca.expected.npy", expected)
+    print(f"wrote {out}")
+
+
 def make_v1_3() -> None:
     """Token labels over 300 words (2-byte ranks), 40 tokens in 3 sequences, chunks of 16."""
     rng = np.random.default_rng(20261129)
@@ -162,5 +175,6 @@ if __name__ == "__main__":
     import sys
 
     makers = {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3, "v1.3-capped": make_v1_3_capped,
-              "v1.4": make_v1_4, "v1.5": make_v1_5}
+              "v1.4": make_v1_4, "v1.5": make_v1_5,
+              "v1.5-pca": make_v1_5_pca}
     makers[sys.argv[1] if len(sys.argv) > 1 else "v1.3"]()
