@@ -49,7 +49,7 @@ from slc.codecs.labels import to_logp  # noqa: E402
 from slc.codecs.planner import Frame, Unreachable, plan_for  # noqa: E402
 from slc.codecs.presets import AUTO_HOLDOUT, MIN_AGREEMENT, PRESETS, held_out_score  # noqa: E402
 
-CODECS = ("hybrid", "hybrid-prior", "topk", "pca", "vqae", "topk-mrs")
+CODECS = ("hybrid", "hybrid-prior", "hybrid-pca", "topk", "pca", "vqae", "topk-mrs")
 FIT_LABELS = 16_384
 DEFAULT_SET = "fmnist-effnet-l0"
 SETS = (DEFAULT_SET, "fmnist-cnn", "kjv-trigram-5000")
