@@ -52,18 +52,18 @@ Choices, and why:
   giving every epoch a different view (the same 50-epoch check: 73.3% at 0.25 vs 72.1% at 0.08).
   The teacher is trained with the same crop range (on half of its batches' images).
 
-Ratios that do not fit. ``--ratio`` in slc counts the whole file: header, one 48-byte index
-entry per chunk (at least one per epoch), and the replay sections (recipe and 16-byte image
-fingerprints). With 10 classes and 100 images an epoch, dense fp16 labels are 2,000 bytes an epoch,
-so the index alone is 2.4% of them (no file can pass ~41x) and with the 4 KB header allowance and
-the replay sections the smallest VQAE file at 200 epochs is ~19 KB, about 20x: 40x and 100x files
-cannot be made. ``auto`` also fails whenever top-1 does not fit the budget (3.2 bytes a label here
-with its index, more than 10x's 2), even where the VQAE alone would. So for each ratio (``--accounting auto``, the default):
-``--ratio R`` with ``auto``; if only top-k is out of reach, ``--codec vqae``; if no file reaches R,
-the ratio is applied to the label *payload* (codes + codebook + decoder + bias, as the paper's eq.
-S12 counts) and the container's fixed cost is added to a ``--budget``; such rows are marked
-"payload". ``--accounting file`` skips unreachable ratios instead; ``payload`` applies the payload
-rule to every ratio. The table shows both the real file ratio and the payload ratio.
+Ratios that do not fit. ``--ratio`` in slc counts the whole file: header, index, codec tensors and
+the replay sections (recipe and 16-byte image fingerprints, 2,071 bytes here). With 10 classes and
+100 images an epoch, dense fp16 labels are 2,000 bytes an epoch; since slc 0.7 a chunk holds 40 such
+epochs, so 100 epochs cost 3 index entries (144 bytes) instead of 100 (4,800). ``auto`` keeps the
+teacher's top-1 exactly, which costs 4 bits of a label's 16 at 10x: at 100 epochs the smallest such
+file is 10,432 bytes (19.2x), so 20x, 40x and 100x are out of reach under the constraint (and 100x,
+2,000 bytes, is smaller than the replay sections alone). For each ratio (``--accounting auto``, the
+default): ``--ratio R`` with ``auto``; if that fails because top-k alone is out of reach, ``--codec
+vqae``; if no file reaches R, the ratio is applied to the label *payload* (codes + codebook + decoder +
+bias, as the paper's eq. S12 counts) and the container's fixed cost is added to a ``--budget``; such
+rows are marked "payload". ``--accounting file`` skips unreachable ratios instead; ``payload`` applies
+the payload rule to every ratio. The table shows both the real file ratio and the payload ratio.
 """
 from __future__ import annotations
 
