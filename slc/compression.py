@@ -37,7 +37,8 @@ from slc.errors import SlcInputError
 from slc.extras import Extras, carried_extras, pruned_extras, tokens_digest, with_map, with_tokens
 from slc.format.container import ENCODING_RAW, ENCODING_ZSTD, ContainerWriter, header_bytes
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
-from slc.format.tiling import SINCE_MINOR as TILING_MINOR, Tiling
+from slc.format.tiling import SINCE_MINOR as TILING_MINOR, Tiling, most_epochs
+from slc.format.tiling import allowed as tiling_allows
 from slc.prune import PrunedSource, kept_epochs
 from slc.resume import ResumableOutput
 from slc.sample import HEAD_ELEMENTS, fit_sample, sample_blocks
@@ -234,9 +235,9 @@ def epochs_per_chunk(shape: tuple[int, int, int], chunk_size: int, given: int | 
     e, n, _ = shape
     if given is None:
         return Tiling.default(e, n, chunk_size).epochs_per_chunk
-    if given != 1 and not (2 <= given <= e and given * n <= chunk_size):
-        raise SlcInputError(f"expected epochs per chunk 1, or 2..{min(e, chunk_size // n)} for {e} epochs of {n} "
-                            f"labels and chunks of {chunk_size}, got {given}")
+    if not tiling_allows(e, n, chunk_size, given):
+        raise SlcInputError(f"expected epochs per chunk 1, or 2..{most_epochs(e, n, chunk_size)} for {e} epochs "
+                            f"of {n} labels and chunks of {chunk_size}, got {given}")
     return given
 
 

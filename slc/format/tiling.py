@@ -16,6 +16,16 @@ from slc.errors import expect
 SINCE_MINOR = 5  # the format minor version of chunks that span epochs
 
 
+def most_epochs(epochs: int, samples: int, chunk_size: int) -> int:
+    """The most whole epochs one chunk can hold."""
+    return min(epochs, chunk_size // samples)
+
+
+def allowed(epochs: int, samples: int, chunk_size: int, epochs_per_chunk: int) -> bool:
+    """Whether ``epochs_per_chunk`` is 1 or 2 .. :func:`most_epochs`."""
+    return epochs_per_chunk == 1 or 2 <= epochs_per_chunk <= most_epochs(epochs, samples, chunk_size)
+
+
 @dataclass(frozen=True)
 class Tiling:
     epochs: int
@@ -25,14 +35,14 @@ class Tiling:
 
     def __post_init__(self) -> None:
         g = self.epochs_per_chunk
-        expect(g == 1 or (2 <= g <= self.epochs and g * self.samples <= self.chunk_size),
+        expect(allowed(self.epochs, self.samples, self.chunk_size, g),
                f"epochs_per_chunk 1, or 2 .. {self.epochs} with epochs_per_chunk x samples <= chunk_size "
                f"{self.chunk_size}", f"{g} (x {self.samples} samples)")
 
     @classmethod
     def default(cls, epochs: int, samples: int, chunk_size: int) -> "Tiling":
         """As many whole epochs a chunk as ``chunk_size`` holds (one epoch a chunk when it holds fewer than 2)."""
-        g = min(epochs, chunk_size // samples)
+        g = most_epochs(epochs, samples, chunk_size)
         return cls(epochs, samples, chunk_size, g if g >= 2 else 1)
 
     @property

@@ -125,7 +125,6 @@ class SoftLabelDataset(Dataset):
         with open_slc(self.path) as f:
             info = read_replay(f)
             self.shape = f.shape
-            self.chunk_size = f.header.chunk_size
             fps = f.section(FINGERPRINTS, info.images * 16)
             stored = BOXES in f.layout.sections
             boxes_len = f.layout.sections[BOXES].length if stored else 0
