@@ -101,8 +101,8 @@ def cell(train: np.ndarray, held_logp: np.ndarray, t: float, ratio: float, seed:
         kl, agree = held_out_score(codec, held_logp)
         out[name] = {"codec": codec.describe(), "bytes": plan.bytes, "ratio": plan.ratio, "kl": kl,
                      "agreement": agree, "fit_s": fit_s,
-                     "choose": held_out_score(codec, choose_part) if name in PRESETS["auto"].chooses else None}
-    ok = [n for n in PRESETS["auto"].chooses if out.get(n) and out[n]["choose"][1] >= MIN_AGREEMENT]
+                     "choose": held_out_score(codec, choose_part) if name in PRESETS["auto"].candidates(c) else None}
+    ok = [n for n in PRESETS["auto"].candidates(c) if out.get(n) and out[n]["choose"][1] >= MIN_AGREEMENT]
     out["auto"] = dict(out[min(ok, key=lambda n: out[n]["choose"][0])], preset=min(
         ok, key=lambda n: out[n]["choose"][0])) if ok else None
     return out
@@ -176,17 +176,17 @@ def cells(row: dict) -> list[str]:
 COLUMNS = ["T", "target", "default: codec KL (agreement, ratio)", "best other codec", "default / best", "topk", "vqae"]
 
 
-def fit_cells(row: dict) -> list[str]:
-    """One row of fit seconds: T, target, each codec ("-" unreachable, "skipped"), and auto's four fits summed."""
+def fit_cells(row: dict, classes: int) -> list[str]:
+    """One row of fit seconds: T, target, each codec ("-" unreachable, "skipped"), and auto's fits summed."""
     def sec(n):
         r = row.get(n, "skipped")
         return r if r == "skipped" else "-" if r is None else f"{r['fit_s']:.1f}"
 
-    fits = [row[n]["fit_s"] for n in PRESETS["auto"].chooses if row.get(n)]
+    fits = [row[n]["fit_s"] for n in PRESETS["auto"].candidates(classes) if row.get(n)]
     return [f"{row['T']:g}", f"{row['ratio']:g}x", *map(sec, CODECS), f"{sum(fits):.1f}" if fits else "-"]
 
 
-FIT_COLUMNS = ["T", "target", *CODECS, "auto (sum of " + ", ".join(PRESETS["auto"].chooses) + ")"]
+FIT_COLUMNS = ["T", "target", *CODECS, "auto (sum of its candidates' fits)"]
 
 
 def markdown(rows: list[dict], classes: int, name: str | None = None) -> str:
@@ -197,7 +197,7 @@ def markdown(rows: list[dict], classes: int, name: str | None = None) -> str:
     if name:  # the default set's file stays as it was
         lines += ["", "Fit seconds (each codec on the same sample, 2 shared CPU cores; - unreachable)", "",
                   "| " + " | ".join(FIT_COLUMNS) + " |", "|" + "---|" * len(FIT_COLUMNS)]
-        lines += ["| " + " | ".join(fit_cells(r)) + " |" for r in rows]
+        lines += ["| " + " | ".join(fit_cells(r, classes)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +208,7 @@ def render(rows: list[dict], classes: int, name: str | None = None) -> None:
     Console().print(table(f"the default against every codec, {what}: held-out KL (top-1 agreement, ratio)",
                           COLUMNS, [cells(r) for r in rows]))
     if name:
-        Console().print(table(f"fit seconds, {what}", FIT_COLUMNS, [fit_cells(r) for r in rows]))
+        Console().print(table(f"fit seconds, {what}", FIT_COLUMNS, [fit_cells(r, classes) for r in rows]))
 
 
 def table(title: str, columns: list[str], body: list[list[str]]):

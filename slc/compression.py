@@ -31,7 +31,7 @@ from slc.codecs import codec_class
 from slc.codecs.base import Codec, Kind, TokenCodec
 from slc.codecs.labels import check_block, detect_source, to_logp
 from slc.codecs.planner import Frame, Plan, Unreachable, check_options, default_chunk_size, dense_bytes, plan_for
-from slc.codecs.presets import MIN_AGREEMENT, Preset, choose, preset
+from slc.codecs.presets import AUTO_MAX_CLASSES, MIN_AGREEMENT, Preset, choose, preset
 from slc.codecs.sparse import SparseLabels
 from slc.errors import SlcInputError
 from slc.extras import Extras, carried_extras, pruned_extras, tokens_digest, with_map, with_tokens
@@ -334,7 +334,9 @@ def fit(job: Job, kind: Kind, head: np.ndarray | None, plan: Plan | None, progre
     c = job.src.shape[2]
     if p.chooses:
         plans, refused = {}, {}
-        for name in p.chooses:
+        for name in sorted(set(p.chooses) - set(p.candidates(c))):
+            job.log(f"auto: {name} is left out above {AUTO_MAX_CLASSES[name]:,} classes (slower, and worse there)")
+        for name in p.candidates(c):
             try:
                 plans[name] = plan_for(name, job.src.shape, opts.chunk_size, opts.ratio, opts.budget,
                                        tensor_dtype=opts.tensor_dtype, frame=job.frame())

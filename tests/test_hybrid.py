@@ -200,3 +200,24 @@ def test_auto_tries_the_pca_hybrid(tmp_path):
                  log=logs.append, fit_config={"steps": 60})
     line = next(x for x in logs if x.startswith("auto: on "))
     assert "pca components" in line
+
+
+def test_many_classes_cap_the_full_vqae_and_auto_leaves_it_out(tmp_path):
+    """Past C x d_h = 2^20 the full-label ladder stores more exact classes instead of a wider VQAE, and
+    ``auto`` does not fit that codec above 4,096 classes (slower, and worse on real 5,000-class labels)."""
+    from slc.codecs.hybrid import FULL_WORK
+
+    c = 5000
+    rungs = HybridCodec.ladder(c, {"rest": "full"})
+    widest = max(r["m"] * r["dc"] for r in rungs)
+    assert widest * c <= FULL_WORK < (widest + 2) * c
+    assert rungs[-1]["top"] > 1 and all(r["m"] * r["dc"] == widest for r in rungs if r["top"] > 1)
+    plan = plan_for("hybrid", (1, 20_000, c), 4096, ratio=10)
+    assert plan.params["top"] > 1 and 10 <= plan.ratio <= 11
+    assert PRESETS["auto"].candidates(c) == ("hybrid-prior", "hybrid-pca", "topk", "pca")
+    assert PRESETS["auto"].candidates(4096) == PRESETS["auto"].chooses
+    logs = []
+    slc.compress(synthetic_logits(epochs=1, samples=300, classes=4100), tmp_path / "w.slc", ratio=20,
+                 temperature=4, log=logs.append, fit_config={"steps": 20})
+    assert "auto: hybrid is left out above 4,096 classes (slower, and worse there)" in logs
+    assert not any("+ " in x and "full" in x for x in logs if x.startswith("auto: on "))
