@@ -30,7 +30,8 @@ from slc.atomic import check_space
 from slc.codecs import codec_class
 from slc.codecs.base import Codec, Kind, TokenCodec
 from slc.codecs.labels import check_block, detect_source, to_logp
-from slc.codecs.planner import Frame, Plan, Unreachable, check_options, default_chunk_size, dense_bytes, plan_for
+from slc.codecs.planner import (FILL, Frame, Plan, Unreachable, check_options, default_chunk_size, dense_bytes,
+                                plan_for, target_bytes)
 from slc.codecs.presets import AUTO_MAX_CLASSES, MIN_AGREEMENT, Preset, choose, preset
 from slc.codecs.sparse import SparseLabels
 from slc.errors import SlcInputError
@@ -170,12 +171,7 @@ def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None
             blocks = job.src.blocks(job.opts.chunk_size, job.tiling.source_block(done))
         else:
             kind, first, blocks, head = sniff(job)
-            plan = None if job.preset.chooses else plan_for(
-                job.opts.codec, job.src.shape, job.opts.chunk_size, job.opts.ratio, job.opts.budget, job.opts.k,
-                job.opts.dc, job.opts.dh, job.opts.tensor_dtype, job.opts.options, job.frame())
-            for line in plan.why if plan else ():
-                job.log(f"plan: {line}")
-            enc, plan = fit(job, kind, head, plan, fit_progress)
+            enc, plan = plan_and_fit(job, kind, head, fit_progress)
             del head
             w, done = begin(job, enc, kind, plan, target), 0
         seconds = write_chunks(job, enc, kind, itertools.chain(first, ((e, s, b, None) for e, s, b in blocks)), w,
@@ -355,13 +351,71 @@ def fit(job: Job, kind: Kind, head: np.ndarray | None, plan: Plan | None, progre
 def fit_input(job: Job, kind: Kind, head: np.ndarray | None, plan: Plan):
     """What the codec is fitted on: the fit sample's log-probabilities, or what a token codec keeps of them."""
     opts, src = job.opts, job.src
-    e_count, n, c = src.shape
-    rows = min(opts.fit_labels, e_count * n)
     if job.token_level:
-        blocks = [head] if head is not None else sample_blocks(src, kind, opts.temperature, rows, opts.seed,
-                                                               opts.fit_samples, neg_inf=True)
-        return job.preset.cls.reduce_sample(blocks, c, {**job.preset.options, **plan.params})
+        return job.preset.cls.reduce_sample(fit_blocks(job, kind, head), src.shape[2],
+                                            {**job.preset.options, **plan.params})
+    rows = min(opts.fit_labels, src.shape[0] * src.shape[1])
     return head if head is not None else fit_sample(src, kind, opts.temperature, rows, opts.seed, opts.fit_samples)
+
+
+def fit_blocks(job: Job, kind: Kind, head: np.ndarray | None):
+    """A token codec's fit sample, block by block (a vocabulary's worth of rows is read a few at a time)."""
+    opts, (e_count, n, _) = job.opts, job.src.shape
+    if head is not None:
+        return [head]
+    return sample_blocks(job.src, kind, opts.temperature, min(opts.fit_labels, e_count * n), opts.seed,
+                         opts.fit_samples, neg_inf=True)
+
+
+def probes(job: Job, kind: Kind, head: np.ndarray | None) -> tuple[list, Kind, float]:
+    """Up to two runs of one chunk of consecutive rows, as the writer codes them: the first and one from the
+    middle (a stream: the first two of its head, log-probabilities already), with their kind and temperature."""
+    cs, n = job.opts.chunk_size, job.src.shape[1]
+    if head is not None:
+        return [head[s:s + cs] for s in range(0, min(len(head), 2 * cs), cs)], "logits", 1.0
+    middle = n // 2 - n // 2 % cs
+    return [job.src.read(0, s, min(n, s + cs)) for s in sorted({0, middle})], kind, job.opts.temperature
+
+
+def plan_and_fit(job: Job, kind: Kind, head: np.ndarray | None, progress: Callable | None) -> tuple[Codec, Plan]:
+    """Plan against the whole file's bytes, then fit (``auto``: fit each and choose).
+
+    A token codec sized to a target after zstd is planned on measured chunk bytes; once fitted its value
+    codes are measured too, and a file that would then miss ``[R, 1.1 R]`` is re-planned and refitted once.
+    """
+    opts = job.opts
+    zstd = job.preset.cls.default_zstd if opts.zstd is None else opts.zstd
+    payload, runs = None, None
+    if job.token_level and zstd and (opts.ratio is not None or opts.budget is not None):
+        runs = probes(job, kind, head)
+        payload = job.preset.cls.measured_payload(fit_blocks(job, kind, head), runs[0], job.src.shape[2],
+                                                  {**job.preset.options, **opts.options})
+
+    def planned() -> Plan | None:
+        if job.preset.chooses:
+            return None
+        return plan_for(opts.codec, job.src.shape, opts.chunk_size, opts.ratio, opts.budget, opts.k, opts.dc,
+                        opts.dh, opts.tensor_dtype, opts.options, job.frame(), payload)
+
+    plan = planned()
+    for line in plan.why if plan else ():
+        job.log(f"plan: {line}")
+    enc, plan = fit(job, kind, head, plan, progress)
+    if payload is None:
+        return enc, plan
+    share = payload.calibrate(enc, *runs)
+    plan.bytes = job.frame().bytes(job.preset.cls, plan.params, payload)
+    job.log(f"plan: fitted, its value codes keep {100 * share:.0f}% of their bytes after zstd: {plan.bytes:,} "
+            f"bytes = {plan.ratio:.1f}x")
+    target = target_bytes(job.dense, opts.ratio, opts.budget)
+    if FILL * target <= plan.bytes <= target:
+        return enc, plan
+    again = planned()
+    if again.params == plan.params:
+        return enc, plan
+    for line in again.why:
+        job.log(f"plan: refitting at {line}")
+    return fit(job, kind, head, again, progress)
 
 
 def _fit_config(opts: CompressOptions):

@@ -98,3 +98,14 @@ def test_encode_lm_resumes_when_every_chunk_was_already_written(lm_setup, tmp_pa
     assert not out.exists() and (tmp_path / "k.slc.journal").exists()
     encode_lm(d / "lm.pt", d / "text.txt", out, resume=True, **kw)
     assert out.read_bytes() == (tmp_path / "whole.slc").read_bytes()
+
+
+def test_encode_lm_ratio_is_met_after_zstd(lm_setup, tmp_path):
+    """A stream's plan measures its first chunks (the teacher runs once): the whole file lands in [R, 1.1 R]."""
+    d, _, seqs = lm_setup
+    out = tmp_path / "r.slc"
+    p = run_slc("encode-lm", d / "lm.pt", d / "text.txt", "--vocab-file", d / "vocab.txt", "-o", out, "--ratio", 12,
+                "--param", "steps=50", "--chunk-size", "256", check=True)
+    dense = sum(map(len, seqs)) * V * 2
+    assert 12 <= dense / out.stat().st_size <= 1.1 * 12, p.stderr.decode()
+    assert "value codes keep" in p.stderr.decode()

@@ -380,3 +380,24 @@ def test_token_dataset_pads_sequences_and_refuses_another_vocabulary(token_file)
     with pytest.raises(SlcInputError, match="vocabulary mismatch: expected a student over the file's 3,000 words, "
                                             "got 50,257"):
         TokenLabelDataset(out, vocab=50257)
+
+
+def test_a_ratio_sizes_k_in_real_bytes_after_zstd(tmp_path):
+    """--ratio picks k on chunk bytes measured after zstd (ranks before fitting, value codes after): the
+    file lands in [R, 1.1 R]. Without zstd the raw plan is the file's size (the word order at its longest)."""
+    logits = lm_logits(4096, 3000)
+    np.save(tmp_path / "l.npy", logits)
+    dense = 4096 * 3000 * 2
+    for ratio in (20, 80):
+        out = tmp_path / f"r{ratio}.slc"
+        p = run_slc("compress", tmp_path / "l.npy", "-o", out, "--codec", "topk-vq", "--ratio", ratio,
+                    "--chunk-size", 1024, "--param", "steps=60", check=True)
+        log = p.stderr.decode()
+        assert "(chunks after zstd, as measured on the data)" in log and "value codes keep" in log
+        assert ratio <= dense / out.stat().st_size <= 1.1 * ratio, log
+        with slc.open_slc(out) as f:
+            assert f.header.entropy == "zstd" and f.codec.k > 1
+    r = slc.compress(tmp_path / "l.npy", tmp_path / "raw.slc", codec="topk-vq", ratio=30, zstd=False, chunk_size=1024,
+                     options={"steps": 60})
+    assert r.bytes <= r.plan.bytes <= r.bytes + 4 * 3000 and 30 <= r.ratio <= 33
+    assert slc.compress(tmp_path / "l.npy", tmp_path / "k.slc", codec="topk-vq", options=FAST).plan.params["k"] == 64

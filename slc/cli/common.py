@@ -165,12 +165,12 @@ def codec_options(fn):
                           "top classes exact, principal components for the rest (wide, flat labels). "
                           "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly. "
                           "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32. "
-                          "Token-level LM labels: topk-vq (--param k=64 m=8 codes=256 values=vqae|bf16 "
+                          "Token-level LM labels: topk-vq (k sized by --ratio/--budget after zstd, else --param k=64; m=8 codes=256 values=vqae|bf16 "
                           "tail=capped|prior|uniform|mr|mrs prior_weight=0.99; capped is the default)."),
         click.option("-T", "--temperature", type=float,
                      help="Temperature the student will train at; stored in the file, fidelity is measured at it "
                           "[default: an input .slc's own, else 1]."),
-        click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40]."),
+        click.option("--ratio", type=float, help="Target compression ratio against dense fp16 labels [default: 40; topk-vq: k=64]."),
         click.option("--budget", help="Target file size, e.g. 120MB or 1.5GiB."),
         click.option("--k", "k", type=int, help="Codebook size (VQAE) or kept classes (top-k)."),
         click.option("--dc", type=int, help="Code dimension d_c (VQAE)."),

@@ -15,8 +15,11 @@ from slc.cli.common import Reporter, handle_errors, parse_params
 @click.option("--seq-len", type=int, help="Cut sequences into windows of at most this many tokens [default: the "
               "teacher's context].")
 @click.option("-T", "--temperature", type=float, default=1.0, show_default=True)
+@click.option("--ratio", type=float, help="Target ratio against dense fp16 labels: k is chosen so the whole file, "
+              "after zstd, lands in [R, 1.1 R] [default: k=64].")
+@click.option("--budget", help="Target file size, e.g. 2GB (as --ratio).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="topk-vq parameter: k (64), m (8), codes (256), values (vqae|bf16), "
+              help="topk-vq parameter: k (64, or sized by --ratio/--budget), m (8), codes (256), values (vqae|bf16), "
                    "tail (capped|prior|uniform|mr|mrs; capped), prior_weight (0.99). Repeatable.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled checkpoint (runs arbitrary code!).")
@@ -30,7 +33,8 @@ from slc.cli.common import Reporter, handle_errors, parse_params
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished chunk.")
 @click.option("-q", "--quiet", is_flag=True, help="No log, no progress bar.")
 @handle_errors
-def encode_lm(teacher, text, output, vocab_file, seq_len, params, device, trust_pickle, force, resume, quiet, **fields):
+def encode_lm(teacher, text, output, vocab_file, seq_len, params, device, trust_pickle, force, resume, quiet, budget,
+              **fields):
     """Label every token of TEXT with a causal LM TEACHER into a token-level .slc.
 
     TEACHER is a TorchScript file mapping token ids (B, L) to logits (B, L, V), or a local
@@ -41,6 +45,7 @@ def encode_lm(teacher, text, output, vocab_file, seq_len, params, device, trust_
     Example:
         slc encode-lm ./my-lm corpus.jsonl -o corpus.slc --param k=64
     """
+    from slc.codecs.planner import parse_size
     from slc.inspect import token_summary
     from slc.lm.encode import encode_lm as run
     from slc.reader import open_slc
@@ -48,12 +53,13 @@ def encode_lm(teacher, text, output, vocab_file, seq_len, params, device, trust_
     rep = Reporter(quiet)
     try:
         result = run(teacher, text, output, vocab_file=vocab_file, seq_len=seq_len, options=parse_params(params),
+                     budget=parse_size(budget) if budget else None,
                      device=device, allow_pickle=trust_pickle, force=force, resume=resume, log=rep.log,
                      on_tokens=None if quiet else rep.counted("teacher", "token"), **fields)
     finally:
         rep.close()
     with open_slc(output) as f:  # per-token figures computed as `slc inspect` computes them
         tk = token_summary(f)
-    click.echo(f"wrote {output}: {result.bytes:,} bytes for {result.labels:,} tokens, "
-               f"{tk['bytes_per_token']:.2f} B/token, {tk['ratio_vs_fp16']:.0f}x vs dense fp16 "
-               f"(T={result.temperature:g}, codec {result.codec})", err=True)
+    click.echo(f"wrote {output}: {result.bytes:,} bytes for {result.labels:,} tokens, {result.ratio:.1f}x vs dense "
+               f"fp16 ({tk['bytes_per_token']:.2f} B/token, {tk['ratio_vs_fp16']:.0f}x without the token ids; "
+               f"T={result.temperature:g}, codec {result.codec})", err=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 
@@ -97,6 +97,15 @@ class Codec(ABC):
         return [int(np.prod(shape)) * np.dtype(dtype).itemsize for dtype, shape in specs.values()]
 
     option_names: ClassVar[tuple[str, ...]] = ()  # the parameters a user may fix (``--param``), as ``ladder`` reads them
+    untargeted: ClassVar[dict] = {}  # options a ladder takes when no ratio or budget sizes it
+
+    @classmethod
+    def measured_payload(cls, sample, probes: list, classes: int, options: dict) -> Callable[[dict, int], int] | None:
+        """Payload bytes of ``n`` labels for plan params after zstd, measured on a fit ``sample`` (blocks of
+        log-probabilities) and ``probes`` (runs of one chunk of raw rows); None where the raw size is the
+        estimate. The callable may have ``calibrate(codec, probes, kind, temperature)`` to correct itself
+        once fitted."""
+        return None
 
     @classmethod
     def fit(cls, logp: np.ndarray | None, classes: int, params: dict, seed: int = 0) -> "Codec":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -136,13 +136,14 @@ class Frame:
         tensors = {k: {"dtype": d, "shape": list(shape)} for k, (d, shape) in specs.items()}
         return self.header_base + len(codec_name) + json_bytes(stored) - 2 + json_bytes(tensors) - 2
 
-    def bytes(self, codec, plan_params: dict) -> int:
-        """The file ``codec`` (a class) writes for these plan parameters, raw chunks."""
+    def bytes(self, codec, plan_params: dict, payload: Callable[[dict, int], int] | None = None) -> int:
+        """The file ``codec`` (a class) writes for these plan parameters: raw chunks, or chunks of
+        ``payload(plan_params, n)`` bytes (a measured zstd estimate)."""
         stored = codec.planned_params(plan_params, self.classes)
         specs = codec.tensor_specs(stored, self.classes)
         tensors = [math.prod(shape) * np.dtype(d).itemsize for d, shape in specs.values()]
-        return container_bytes(self.epochs, self.samples, self.chunk_size,
-                               lambda n: codec.planned_payload(plan_params, self.classes, n), tensors,
+        payload = payload or (lambda params, n: codec.planned_payload(params, self.classes, n))
+        return container_bytes(self.epochs, self.samples, self.chunk_size, lambda n: payload(plan_params, n), tensors,
                                self.header(codec.name, stored, specs), self.before, self.after, self.epochs_per_chunk)
 
 
@@ -312,8 +313,13 @@ def describe(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def plan_ladder(codec, preset: str, frame: Frame, target: int | None, options: dict) -> Plan:
-    """The largest rung of ``codec``'s ladder whose whole file fits ``target`` (the only rung if none is given)."""
+def plan_ladder(codec, preset: str, frame: Frame, target: int | None, options: dict,
+                payload: Callable[[dict, int], int] | None = None) -> Plan:
+    """The largest rung of ``codec``'s ladder whose whole file fits ``target`` (the only rung if none is given).
+
+    ``payload``: measured chunk bytes (after zstd) instead of the raw ones; each rung then costs a
+    compression, so only a few around the crossing are sized.
+    """
     try:
         rungs = codec.ladder(frame.classes, options)
     except ValueError as e:
@@ -323,18 +329,23 @@ def plan_ladder(codec, preset: str, frame: Frame, target: int | None, options: d
     if target is None:
         if len(rungs) > 1:
             raise SlcInputError(f"expected `ratio` or `budget` to size {preset}, got neither")
-        pick, s = 0, frame.bytes(codec, rungs[0])
+        pick, s = 0, frame.bytes(codec, rungs[0], payload)
     else:
-        sizes = {i: frame.bytes(codec, rungs[i]) for i in _near_target(rungs, lambda i: frame.bytes(codec, rungs[i]),
-                                                                        target)}
+        def size(i):
+            return frame.bytes(codec, rungs[i], payload)
+
+        sizes = {i: size(i) for i in _near_target(rungs, size, target, 32 if payload is None else 2)}
         fits = [i for i, s in sizes.items() if s <= target]
         if not fits:
             raise unreachable(preset, frame, target, min(sizes.values()))
         pick = max(fits, key=lambda i: (sizes[i], -i))
         s = sizes[pick]
-    why = [f"{preset} {describe(rungs[pick])}: {s:,} bytes = {frame.dense / s:.1f}x"]
+    why = [f"{preset} {describe(rungs[pick])}: {s:,} bytes = {frame.dense / s:.1f}x"
+           + (" (chunks after zstd, as measured on the data)" if payload else "")]
     if target is not None and s < FILL * target:
-        why.append(f"the next {preset} step would pass the target: {frame.dense / target:.1f}x asked, "
+        why.append(f"the largest {preset} step is smaller than the target: {frame.dense / target:.1f}x asked"
+                   if pick == len(rungs) - 1 else
+                   f"the next {preset} step would pass the target: {frame.dense / target:.1f}x asked, "
                    f"{frame.dense / s:.1f}x is the nearest at or above it")
     return Plan(preset, rungs[pick], s, frame.dense, why)
 
@@ -345,12 +356,14 @@ DEFAULT_RATIO = 40.0
 
 def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: float | None = None,
              budget: int | None = None, k: int | None = None, dc: int | None = None, dh: int | None = None,
-             tensor_dtype: str | None = None, options: dict | None = None, frame: Frame | None = None) -> Plan:
+             tensor_dtype: str | None = None, options: dict | None = None, frame: Frame | None = None,
+             payload: Callable[[dict, int], int] | None = None) -> Plan:
     """Choose the parameters of preset ``codec`` for labels of ``shape = (E, N, C)``, counting the whole file.
 
     Lossy codecs default to ``DEFAULT_RATIO`` unless a budget or every size parameter is given.
     ``frame``: the rest of the file (header fields, replay and token sections, the fp16 bytes the
-    ratio is against); by default labels alone.
+    ratio is against); by default labels alone. ``payload``: measured chunk bytes for a ladder
+    (:meth:`Codec.measured_payload`).
     """
     from slc.codecs.presets import preset as find
 
@@ -361,6 +374,8 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
     check_options(p, options, sizes)
     if p.planner == "ladder":
         options.update(sizes)  # top-k's k, vq-noae's k and dc
+        if ratio is None and budget is None:  # a token codec's usual k, not a default ratio
+            options = {**p.cls.untargeted, **options}
     rungs = None
     if p.planner == "ladder":
         try:
@@ -376,7 +391,7 @@ def plan_for(codec: str, shape: tuple[int, int, int], chunk_size: int, ratio: fl
     else:
         if not p.sized and target is not None:
             raise SlcInputError(f"expected no `ratio` or `budget` for the dense {codec} codec (its ratio is fixed)")
-        plan = plan_ladder(p.cls, codec, frame, target, {**p.options, **options})
+        plan = plan_ladder(p.cls, codec, frame, target, {**p.options, **options}, payload)
     if frame.others:
         plan.why.append(f"other sections (replay, tokens) {frame.others:,} bytes, counted in the file's "
                         f"{plan.bytes:,} bytes = {plan.ratio:.1f}x")
