@@ -234,6 +234,11 @@ def test_sparse_input_from_files(tmp_path):
 
     assert err(vocab=1000).startswith("Error: expected word indices in [0, 1000), got")
     assert err("--param", "k=30") == "Error: expected at least k=30 words per token, got 24 (use --param k=24)"
+    q = run_slc("compress", tmp_path / "vals.npy", "--indices", tmp_path / "idx.npy", "--vocab", 2000, "-o",
+                tmp_path / "r.slc", "--codec", "topk-vq", "--ratio", 2, "--param", "steps=30")
+    assert q.returncode == 0 and "the largest topk-vq step is smaller than the target" in q.stderr.decode()
+    with slc.open_slc(tmp_path / "r.slc") as f:  # a ratio sizes k up to the words the input holds
+        assert 20 <= f.codec.k <= 24
     np.save(tmp_path / "vals.npy", np.take_along_axis(top.logp, perm, 1) + 1.0)  # logits, not log-probabilities
     assert "expected log-probabilities normalised over the whole vocabulary" in err()
     q = run_slc("compress", tmp_path / "vals.npy", "--indices", tmp_path / "idx.npy", "-o", tmp_path / "e.slc",

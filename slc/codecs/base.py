@@ -9,6 +9,7 @@ import numpy as np
 from slc.errors import SlcFormatError, expect
 
 Kind = Literal["probs", "logits"]
+UNAVAILABLE = 1 << 62  # a measured payload for plan params the input cannot give (sparse input with fewer words)
 
 
 class Codec(ABC):

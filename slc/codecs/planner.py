@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from slc.codecs.base import UNAVAILABLE
 from slc.format.bitpack import bits_for as code_bits, packed_size
 from slc.format.container import CHUNK, ENTRY, PREAMBLE, align, header_bytes
 from slc.format.tiling import Tiling
@@ -344,7 +345,7 @@ def plan_ladder(codec, preset: str, frame: Frame, target: int | None, options: d
            + (" (chunks after zstd, as measured on the data)" if payload else "")]
     if target is not None and s < FILL * target:
         why.append(f"the largest {preset} step is smaller than the target: {frame.dense / target:.1f}x asked"
-                   if pick == len(rungs) - 1 else
+                   if pick == len(rungs) - 1 or sizes.get(pick + 1, 0) >= UNAVAILABLE else
                    f"the next {preset} step would pass the target: {frame.dense / target:.1f}x asked, "
                    f"{frame.dense / s:.1f}x is the nearest at or above it")
     return Plan(preset, rungs[pick], s, frame.dense, why)

@@ -36,7 +36,7 @@ from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.codecs.labels import PROB_FLOOR
 from slc.codecs.sparse import SparseLabels, collapse, mixed_prior, expand, select_topk, truncate, uncollapse
 from slc.codecs.vqae import FitConfig
-from slc.codecs.base import TokenCodec, param, split_payload
+from slc.codecs.base import UNAVAILABLE, TokenCodec, param, split_payload
 from slc.codecs.fitting import check_tensors
 from slc.codecs.vqae import VQAECodec
 
@@ -426,6 +426,8 @@ class ZstdCost:
 
     def __call__(self, params: dict, n: int) -> int:
         k = params["k"]
+        if self.ranks(k) == math.inf:
+            return UNAVAILABLE
         values = TopKVQCodec.planned_payload(params, self.classes, n) - n * k * index_bytes(self.classes)
         return math.ceil(self.ranks(k) * n + self.values_share * values)
 
