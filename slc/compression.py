@@ -129,6 +129,11 @@ class Job:
     log: Callable[[str], None]
 
     @property
+    def zstd(self) -> bool:
+        """Whether chunks are zstd-coded: as asked, else the codec's default."""
+        return self.preset.cls.default_zstd if self.opts.zstd is None else self.opts.zstd
+
+    @property
     def token_level(self) -> bool:
         return issubclass(self.preset.cls, TokenCodec)
 
@@ -384,9 +389,8 @@ def plan_and_fit(job: Job, kind: Kind, head: np.ndarray | None, progress: Callab
     codes are measured too, and a file that would then miss ``[R, 1.1 R]`` is re-planned and refitted once.
     """
     opts = job.opts
-    zstd = job.preset.cls.default_zstd if opts.zstd is None else opts.zstd
     payload, runs = None, None
-    if job.token_level and zstd and (opts.ratio is not None or opts.budget is not None):
+    if job.token_level and job.zstd and (opts.ratio is not None or opts.budget is not None):
         runs = probes(job, kind, head)
         payload = job.preset.cls.measured_payload(fit_blocks(job, kind, head), runs[0], job.src.shape[2],
                                                   {**job.preset.options, **opts.options})

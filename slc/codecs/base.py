@@ -104,8 +104,8 @@ class Codec(ABC):
     def measured_payload(cls, sample, probes: list, classes: int, options: dict) -> Callable[[dict, int], int] | None:
         """Payload bytes of ``n`` labels for plan params after zstd, measured on a fit ``sample`` (blocks of
         log-probabilities) and ``probes`` (runs of one chunk of raw rows); None where the raw size is the
-        estimate. The callable may have ``calibrate(codec, probes, kind, temperature)`` to correct itself
-        once fitted."""
+        estimate. The callable also has ``calibrate(codec, probes, kind, temperature)``, which measures the
+        fitted codec on the probes and corrects it (what only a fit can tell, such as value codes)."""
         return None
 
     @classmethod

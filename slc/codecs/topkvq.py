@@ -101,12 +101,7 @@ class TopKVQCodec(TokenCodec):
         self.nbytes = index_bytes(classes)
         self.prior_weight = prior_weight
         self.prior_logp = None if prior_logp is None else np.asarray(prior_logp, np.float32)
-        # rank -> word: the stored order first, then every other word in id order
-        seen = np.zeros(classes, bool)
-        seen[self.order] = True
-        self.word_of = np.concatenate([self.order, np.flatnonzero(~seen)])
-        self.rank_of = np.empty(classes, np.int64)
-        self.rank_of[self.word_of] = np.arange(classes)
+        self.word_of, self.rank_of = rank_order(self.order, classes)
 
     # ---------------------------------------------------------------- storage
     def params(self) -> dict:
@@ -346,8 +341,7 @@ class TopKVQCodec(TokenCodec):
             sample = cls.reduce_sample([sample], classes, params)
         k = params["k"]
         s = SparseLabels(sample.sparse.indices[:, :k], sample.sparse.logp[:, :k], sample.sparse.tail)
-        counts = np.bincount(s.indices.reshape(-1), minlength=classes)
-        order = np.argsort(-counts, kind="stable")[: int((counts > 0).sum())]
+        order = frequency_order(np.bincount(s.indices.reshape(-1), minlength=classes))
         prior = None
         w = float(params["prior_weight"])
         if params["tail"] in PRIOR_TAILS:
@@ -358,6 +352,21 @@ class TopKVQCodec(TokenCodec):
             cfg = FitConfig(seed=seed, steps=int(params.get("steps", FitConfig.steps)))
             values = VQAECodec.fit(collapse(s), params["codes"], dc, dc * params["m"], cfg, "<f2")
         return cls(classes, k, order, values, params["tail"], prior, w if params["tail"] in PRIOR_TAILS else None)
+
+
+def frequency_order(counts: np.ndarray) -> np.ndarray:
+    """The words seen in a fit sample's top k, most often first (ties by word id): the stored rank order."""
+    return np.argsort(-counts, kind="stable")[: int((counts > 0).sum())]
+
+
+def rank_order(order: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rank -> word, word -> rank): the stored order first, then every other word in id order."""
+    seen = np.zeros(classes, bool)
+    seen[order] = True
+    word_of = np.concatenate([order, np.flatnonzero(~seen)])
+    rank_of = np.empty(classes, np.int64)
+    rank_of[word_of] = np.arange(classes)
+    return word_of, rank_of
 
 
 def k_ladder(top: int) -> list[int]:
@@ -417,9 +426,7 @@ class ZstdCost:
         if k > min(p.shape[1] for p in self.probes):
             return math.inf
         if k not in self.seen:
-            counts = self.counts[: self.ks.index(k) + 1].sum(0)
-            order = np.argsort(-counts, kind="stable")[: int((counts > 0).sum())]
-            rank_of = TopKVQCodec(self.classes, k, order, None, "mr", None, None).rank_of
+            _, rank_of = rank_order(frequency_order(self.counts[: self.ks.index(k) + 1].sum(0)), self.classes)
             nbytes = index_bytes(self.classes)
             self.seen[k] = sum(self.zstd(rank_planes(rank_of[p[:, :k]], nbytes)) for p in self.probes) / self.rows
         return self.seen[k]
