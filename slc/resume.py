@@ -10,6 +10,7 @@ very end, so it never validates as an ``.slc``; it is renamed into place only wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -261,9 +262,13 @@ class ResumableOutput:
         if typ is None:
             return
         interrupted = issubclass(typ, KeyboardInterrupt)
-        keep = interrupted and self._j is not None  # only a run with a durable setup can resume
+        full = issubclass(typ, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # resumable with room
+        keep = (interrupted or full) and self._j is not None  # only a run with a durable setup can resume
         self.abort(keep)
         name_the_output(exc, self.out)
+        if full and keep:
+            exc.strerror = (f"{exc.strerror}; {len(self.writer.index)} finished chunks are kept in {self.partial}: free "
+                            "space and rerun the same command with `resume=True`")
         if interrupted:
             exc.slc_hint = (f"{len(self.writer.index)} finished chunks are kept in {self.partial}; rerun the "
                             "same command with `resume=True` to continue" if keep and self.writer is not None
