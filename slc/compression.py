@@ -19,14 +19,15 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable, Iterator
 
 import numpy as np
 
-from slc import __version__
-from slc.atomic import check_space
+from slc import __version__, distributed
+from slc.atomic import check_output, check_space
 from slc.codecs import codec_class
 from slc.codecs.base import Codec, Kind, TokenCodec
 from slc.codecs.labels import check_block, detect_source, to_logp
@@ -34,13 +35,16 @@ from slc.codecs.planner import (FILL, Frame, Plan, Unreachable, check_options, d
                                 plan_for, target_bytes)
 from slc.codecs.presets import AUTO_MAX_CLASSES, MIN_AGREEMENT, Preset, choose, preset
 from slc.codecs.sparse import SparseLabels
-from slc.errors import SlcInputError
+from slc.errors import SlcError, SlcInputError
 from slc.extras import Extras, carried_extras, pruned_extras, tokens_digest, with_map, with_tokens
 from slc.format.container import ENCODING_RAW, ENCODING_ZSTD, ContainerWriter, header_bytes
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
+from slc.format.parts import PART, PartInfo, PartSpec, adopt_codec, byte_slice, label_range, state_sections
+from slc.format.sections import minor_for
 from slc.format.tiling import SINCE_MINOR as TILING_MINOR, Tiling, most_epochs
 from slc.format.tiling import allowed as tiling_allows
 from slc.prune import PrunedSource, kept_epochs
+from slc.merge_parts import OpenPart, merge, read_state, setup_bytes
 from slc.resume import ResumableOutput
 from slc.sample import HEAD_ELEMENTS, fit_sample, sample_blocks
 from slc.sources import LabelSource, SlcSource, SparseSource, open_labels
@@ -110,6 +114,7 @@ class CompressResult:
     temperature: float = 1.0
     encode_seconds: float = 0.0  # in the codec's encode, over every label written (fit excluded)
     labels: int = 0
+    part: str = ""  # a part file: which ("chunks 0..9 of 30", "a codec file (no chunks)")
 
     @property
     def ratio(self) -> float:
@@ -127,6 +132,13 @@ class Job:
     extras: Extras
     dense: int  # fp16 bytes of the unpruned labels: what ratios are against
     log: Callable[[str], None]
+    part: PartSpec | None = None  # write only this part of the file (slc.format.parts)
+    codec_from: str | None = None  # a part or codec file whose codec to use instead of fitting
+
+    @property
+    def chunk_range(self) -> tuple[int, int]:
+        """The chunks this job writes: all of them, or its part's."""
+        return (0, len(self.tiling)) if self.part is None else self.part.chunks(self.tiling)
 
     @property
     def zstd(self) -> bool:
@@ -150,7 +162,8 @@ class Job:
 def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None, *, force: bool = False,
              resume: bool = False, extras: Extras | None = None, sequences: np.ndarray | None = None,
              token_ids: np.ndarray | None = None, log: Callable[[str], None] | None = None,
-             fit_progress: Callable | None = None, progress: Callable | None = None, **given) -> CompressResult:
+             fit_progress: Callable | None = None, progress: Callable | None = None, part: PartSpec | None = None,
+             codec_from: str | os.PathLike | None = None, **given) -> CompressResult:
     """Compress ``labels`` into ``out``: ``opts`` (a :class:`CompressOptions`) and/or its fields as keywords
     (``slc.compress(logits, "labels.slc", temperature=4.0, ratio=40)``).
 
@@ -161,9 +174,52 @@ def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None
     ``sequences`` (offsets or lengths) are stored so sequence i can be read directly, ``token_ids`` the
     input token at each position. ``progress(count, written, dense)`` after every chunk, and once more
     with the whole file's size.
+
+    Scale-out (:mod:`slc.format.parts`): ``part`` (a :class:`~slc.format.parts.PartSpec`) writes one part
+    of the file for :func:`slc.merge`; ``codec_from`` takes the fitted codec from a part or codec file
+    instead of fitting. Under ``torchrun`` every rank writes its share and ``out`` is joined at the end:
+    the same bytes as one process.
     """
     job = open_job(labels, os.fspath(out), CompressOptions.of(opts, **given), extras, sequences, token_ids,
-                   log or (lambda line: None))
+                   log or (lambda line: None), part, codec_from)
+    group = distributed.group()
+    if group is None:
+        fitted = load_codec(job, job.codec_from) if job.codec_from else None
+        return write(job, force=force, resume=resume, fitted=fitted, fit_progress=fit_progress, progress=progress)
+    try:
+        if part is not None or codec_from is not None:
+            raise SlcInputError(f"expected `part` and `codec_from` only without torchrun (it splits the work itself), "
+                                f"got WORLD_SIZE={group.world}")
+        if not (job.src.seekable or job.extras.request):
+            raise SlcInputError(f"expected a labels file under torchrun (every rank reads its own share), got a stream "
+                                f"({job.src.name})")
+        return compress_ranks(job, group, force=force, resume=resume, fit_progress=fit_progress, progress=progress)
+    finally:
+        group.close()
+
+
+@dataclass
+class Fitted:
+    """A codec fitted before the write: by this job, by rank 0, or read from a codec file (``setup``)."""
+
+    codec: Codec
+    kind: Kind
+    plan: Plan
+    first: list = field(default_factory=list)  # blocks the fit already read
+    blocks: Iterator | None = None  # the block iterator after them (None: start at the job's first chunk)
+    setup: dict[str, bytes] | None = None  # a codec file's sections: its header's codec fields and tensors are kept
+
+
+def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, fit_progress: Callable | None = None,
+          progress: Callable | None = None) -> CompressResult:
+    """Stages 2-6 for one process: ``job.out`` (the whole file, or the part ``job.part`` names).
+
+    ``fitted``: a codec fitted elsewhere (a codec file, rank 0), with any blocks it already read.
+    """
+    first_chunk, stop_chunk = job.chunk_range
+    if job.part is not None:
+        rows = label_range(job.tiling, first_chunk, stop_chunk)
+        job.src.work_on(rows[1] - rows[0])
     target = ResumableOutput(job.out, request(job, resume), force=force, resume=resume, log=job.log)
     with target:
         if target.resumed:
@@ -173,17 +229,22 @@ def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None
             if progress and done:
                 labels_done = sum(e.count for e in target.resumed.entries)
                 progress(labels_done, w.position, labels_done * job.src.shape[2] * 2)
-            blocks = job.src.blocks(job.opts.chunk_size, job.tiling.source_block(done))
+            blocks = job.src.blocks(job.opts.chunk_size, job.tiling.source_block(first_chunk + done))
         else:
-            kind, first, blocks, head = sniff(job)
-            enc, plan = plan_and_fit(job, kind, head, fit_progress)
-            del head
-            w, done = begin(job, enc, kind, plan, target), 0
-        seconds = write_chunks(job, enc, kind, itertools.chain(first, ((e, s, b, None) for e, s, b in blocks)), w,
-                               target, done, progress)
+            if fitted is None:
+                fitted = fit_here(job, fit_progress)
+            enc, kind, plan, first, blocks = fitted.codec, fitted.kind, fitted.plan, fitted.first, fitted.blocks
+            if first_chunk > 0 or blocks is None:  # a part fits on the whole file's sample, then reads its own chunks
+                first, blocks = [], job.src.blocks(job.opts.chunk_size, job.tiling.source_block(first_chunk))
+            w, done = begin(job, enc, kind, plan, target, fitted.setup), 0
+        seconds = 0.0
+        if first_chunk + done < stop_chunk:
+            seconds = write_chunks(job, enc, kind, itertools.chain(first, ((e, s, b, None) for e, s, b in blocks)), w,
+                                   target, first_chunk + done, progress)
         w.end_chunks()
-        for name, (_, parts) in job.extras.after.items():
-            w.add_section_stream(name, parts(), required=False)
+        rows = label_range(job.tiling, first_chunk, stop_chunk)
+        for name, (size, parts) in job.extras.after.items():
+            w.add_section_stream(name, after_part(job, size, parts, rows), required=False)
         size = w.finish()
         target.commit(force)
     if progress:  # the whole file now: the ratio the bar ends on is the one reported and inspected
@@ -191,12 +252,131 @@ def compress(labels, out: str | os.PathLike, opts: CompressOptions | None = None
     e, n, _ = job.src.shape
     return CompressResult(job.out, size, job.dense, plan, kind,
                           {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
-                          job.opts.temperature, seconds, e * n)
+                          job.opts.temperature, seconds, e * n,
+                          "" if job.part is None else PartInfo(first_chunk, stop_chunk, len(job.tiling), 0).describe())
+
+
+def after_part(job: Job, size: int, parts: Callable, rows: tuple[int, int]):
+    """A section after the chunks, or in a part the records of its labels (those sections hold one per label)."""
+    if job.part is None:
+        return parts()
+    labels = job.src.shape[0] * job.src.shape[1]
+    if size % labels:
+        raise SlcInputError(f"expected sections after the chunks with one record per label in a part, got {size:,} "
+                            f"bytes for {labels:,} labels")
+    per = size // labels
+    return byte_slice(parts(), rows[0] * per, rows[1] * per)
+
+
+# ---------------------------------------------------------------- scale-out
+def parts_folder(out: str) -> str:
+    """Where a ``torchrun`` job keeps the fitted codec and each rank's part until they are joined."""
+    return out + ".parts"
+
+
+def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: bool, fit_progress: Callable | None,
+                   progress: Callable | None) -> CompressResult:
+    """Every rank writes its share of the chunks as a part; rank 0 fits the codec first and joins the parts last.
+
+    The codec travels as a codec file in ``OUT.parts/`` (a shared folder, as ``OUT`` itself must be), so a
+    resumed run reuses it rather than fitting again, and every rank encodes with the same arrays.
+    """
+    folder = parts_folder(job.out)
+    codec_path = os.path.join(folder, "codec.slc")
+    part_path = os.path.join(folder, f"part-{group.rank:05d}-of-{group.world:05d}.slc")
+    if not group.main:
+        job.log = lambda line: None
+        fit_progress = progress = None
+    fitted, err = None, None
+    if group.main:
+        try:
+            fitted = fit_shared(job, folder, codec_path, force=force, resume=resume, fit_progress=fit_progress)
+        except SlcError as e:
+            err = str(e)
+            raise
+        finally:
+            group.broadcast(err)
+    elif (err := group.broadcast()) is not None:
+        raise SlcError(f"rank 0 failed to fit the codec: {err}")
+    first, stop = distributed.split(len(job.tiling), group.world, group.rank)
+    part_job = replace(job, out=part_path, part=PartSpec(share=(group.rank, group.world)))
+    if fitted is None:
+        fitted = load_codec(part_job, codec_path)
+    # A rank that fails here exits at once with its error: torchrun then stops the others (SIGTERM), which
+    # keep their finished chunks, and `--resume` goes on from every rank's last one.
+    if first < stop and not (resume and os.path.exists(part_path)):  # a finished part is checked at the merge
+        write(part_job, force=True, resume=resume, fitted=fitted, progress=progress)
+    job.log(f"rank 0: chunks {first}..{stop - 1} of {len(job.tiling)} written; waiting for the other "
+            f"{group.world - 1} rank(s)")
+    group.barrier()
+    size, err = 0, None
+    if group.main:
+        try:
+            total = len(job.tiling)
+            paths = [os.path.join(folder, f"part-{r:05d}-of-{group.world:05d}.slc") for r in range(group.world)
+                     if distributed.split(total, group.world, r)[0] < distributed.split(total, group.world, r)[1]]
+            t0 = time.perf_counter()
+            size = merge(paths, job.out, force=force)
+            job.log(f"merge: {group.world} parts joined into {job.out} in {time.perf_counter() - t0:.1f} s")
+            shutil.rmtree(folder, ignore_errors=True)
+        except SlcError as e:
+            err = str(e)
+    size, err = group.broadcast((size, err))
+    if err is not None:
+        raise SlcError(f"rank 0 failed to join the parts: {err}")
+    if progress:
+        progress(0, size, job.dense)
+    enc, kind, plan = fitted.codec, fitted.kind, fitted.plan
+    e, n, _ = job.src.shape
+    return CompressResult(job.out, size, job.dense, plan, kind,
+                          {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
+                          job.opts.temperature, 0.0, e * n)
+
+
+def fit_shared(job: Job, folder: str, codec_path: str, *, force: bool, resume: bool,
+               fit_progress: Callable | None) -> Fitted:
+    """Rank 0: check the output, then fit the codec (or reuse a resumed run's) and write it as a codec file."""
+    check_output(job.out, force)
+    if os.path.exists(folder) and not resume:
+        if not force:
+            raise SlcInputError(f"expected no interrupted run at {job.out}, got {folder}; pass `resume=True` to "
+                                "continue it or `force=True` to start over")
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(codec_path):  # resumed: the codec every part was written with
+        job.log(f"resume: the codec of the interrupted run, from {codec_path}")
+        return load_codec(job, codec_path)
+    fitted = fit_here(job, fit_progress)
+    write(replace(job, out=codec_path, part=PartSpec(codec_only=True)), force=True, resume=False,
+          fitted=replace(fitted, first=[], blocks=None))
+    return fitted
+
+
+def fit_here(job: Job, fit_progress: Callable | None) -> Fitted:
+    """Stages 3-5: sniff, plan and fit, keeping the blocks read on the way for the write."""
+    kind, first, blocks, head = sniff(job)
+    enc, plan = plan_and_fit(job, kind, head, fit_progress)
+    return Fitted(enc, kind, plan, first, blocks)
+
+
+def load_codec(job: Job, path: str) -> Fitted:
+    """The codec of a part or codec file, checked to belong to ``job`` (same header, sections, recipe)."""
+    from slc.reader import SlcFile
+
+    with SlcFile(path, part=True) as f:
+        if f.part is None:
+            raise SlcInputError(f"expected a part or codec file to take the codec from, got a whole .slc: {path} "
+                                "(any part of the run, or one written with `part=PartSpec(codec_only=True)`)")
+        setup = setup_bytes(OpenPart(path, f, f.part))
+        enc = codec_from_sections(f.header, setup, read_state(f, f.part), job.src.shape[2])
+        kind = f.header.source
+    adopt_codec(setup_sections(job, enc, kind), setup, path)  # refuses a codec of another run now, not at merge
+    return Fitted(enc, kind, Plan(enc.name, enc.params(), 0, job.dense, [f"the codec of {path}"]), setup=setup)
 
 
 # ---------------------------------------------------------------- 1. open
 def open_job(labels, out: str, opts: CompressOptions, extras: Extras | None, sequences, token_ids,
-             log: Callable[[str], None]) -> Job:
+             log: Callable[[str], None], part: PartSpec | None = None, codec_from=None) -> Job:
     """The input, what goes around it, and every check that can fail before any work."""
     p = preset(opts.codec)
     src = open_labels(labels)
@@ -225,7 +405,15 @@ def open_job(labels, out: str, opts: CompressOptions, extras: Extras | None, seq
     check_options(p, opts.options, {n: v for n, v in (("k", opts.k), ("dc", opts.dc), ("dh", opts.dh)) if v is not None})
     opts = replace(opts, temperature=temperature, chunk_size=chunk_size,
                    epochs_per_chunk=epochs_per_chunk(src.shape, chunk_size, opts.epochs_per_chunk))
-    job = Job(src, out, opts, p, extras, dense, log)
+    job = Job(src, out, opts, p, extras, dense, log, part, None if codec_from is None else os.fspath(codec_from))
+    if part is not None:
+        if not (src.seekable or extras.request):
+            raise SlcInputError(f"expected a labels file to write a part of, got a stream ({src.name} cannot be "
+                                "skipped to a part's first chunk)")
+        first, stop = part.chunks(job.tiling)  # an epoch range off the chunk grid fails here, before any work
+        if first == stop and not part.codec_only:
+            raise SlcInputError(f"expected a part with at least one chunk, got part {part.share[0]}/{part.share[1]} "
+                                f"of a file of {len(job.tiling)} chunks (split it into at most {len(job.tiling)})")
     if isinstance(src, SparseSource) and not job.token_level:
         raise SlcInputError(f"expected `codec='topk-vq'` for sparse (indices, values) input, got {p.name!r}")
     return job
@@ -258,7 +446,8 @@ def resolve_temperature(src: LabelSource, temperature: float | None, log: Callab
 # ---------------------------------------------------------------- 2. resume
 def request(job: Job, resume: bool) -> dict:
     """What identifies the run for ``resume``: every option, the input, and the sections around the labels."""
-    return {**asdict(job.opts), "shape": list(job.src.shape), "tokens": tokens_digest(job.extras),
+    parts = {"part": job.part.to_json(), "codec_from": job.codec_from} if job.part or job.codec_from else {}
+    return {**asdict(job.opts), "shape": list(job.src.shape), "tokens": tokens_digest(job.extras), **parts,
             **(job.extras.request or input_identity(job.src, resume))}
 
 
@@ -284,13 +473,19 @@ def rebuild(job: Job, target: ResumableOutput) -> tuple[Codec, Kind, Plan, int]:
     """The codec, source kind and chunk count of an interrupted run, read back from its partial file."""
     r = target.resumed
     header = Header.from_json(json.loads(r.data["header"]))
-    tensors = {name: np.frombuffer(r.data[name], np.dtype(spec["dtype"])).reshape(spec["shape"])
-               for name, spec in header.tensors.items()}
-    enc = codec_class(header.codec).from_file(header.codec_params, tensors, job.src.shape[2])
-    if r.state:
-        enc.restore_encoder_state(r.state)
+    enc = codec_from_sections(header, r.data, r.state, job.src.shape[2])
     job.opts = replace(job.opts, zstd=header.entropy == "zstd")
     return enc, header.source, Plan(enc.name, header.codec_params, 0, job.dense, ["resumed"]), len(r.entries)
+
+
+def codec_from_sections(header: Header, data: dict[str, bytes], state: dict, classes: int) -> Codec:
+    """A codec rebuilt from its header and tensor sections, with the encoder arrays the file does not store."""
+    tensors = {name: np.frombuffer(data[name], np.dtype(spec["dtype"])).reshape(spec["shape"])
+               for name, spec in header.tensors.items()}
+    enc = codec_class(header.codec).from_file(header.codec_params, tensors, classes)
+    if state:
+        enc.restore_encoder_state(state)
+    return enc
 
 
 # ---------------------------------------------------------------- 3. sniff
@@ -431,29 +626,59 @@ def _fit_config(opts: CompressOptions):
 
 
 # ---------------------------------------------------------------- 6. write
-def begin(job: Job, enc: Codec, kind: Kind, plan: Plan, target: ResumableOutput) -> ContainerWriter:
-    """Header, tensors and the sections before the chunks; durable before the first chunk."""
+def setup_sections(job: Job, enc: Codec, kind: Kind) -> list[tuple[str, bytes, bool]]:
+    """``(name, body, required)`` of every section before the chunks, in file order (the header first)."""
     opts = job.opts
     e, n, c = job.src.shape
+    tensors = enc.tensors()
+    zstd = enc.default_zstd if opts.zstd is None else opts.zstd
+    header = Header(c, e, n, float(opts.temperature), kind, enc.name, enc.params(),
+                    {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in tensors.items()},
+                    opts.chunk_size, "zstd" if zstd else "none", f"slc {__version__}", opts.user,
+                    opts.epochs_per_chunk)
+    return [("header", header_bytes(header.to_json()), True),
+            *((name, np.ascontiguousarray(a).tobytes(), True) for name, a in tensors.items()),
+            *((name, data, True) for name, data in job.extras.required.items()),
+            *((name, data, False) for name, data in job.extras.before.items())]
+
+
+def file_minor(job: Job, enc: Codec, names) -> int:
+    """The minor version of the whole file: the lowest whose codecs, tiling and sections it uses."""
+    return max(enc.since_minor, TILING_MINOR if job.tiling.spans_epochs else 0,
+               minor_for([*names, *job.extras.after]))
+
+
+def begin(job: Job, enc: Codec, kind: Kind, plan: Plan, target: ResumableOutput,
+          codec_setup: dict[str, bytes] | None = None) -> ContainerWriter:
+    """Header, tensors and the sections before the chunks; durable before the first chunk.
+
+    A part adds its ``part`` section and the codec's encoder arrays (``state.<name>``) last, so that
+    leaving them out gives the whole file's sections in the whole file's order. ``codec_setup``: the
+    sections of the codec file the codec came from, whose codec header fields and tensors are written as they are.
+    """
+    opts = job.opts
     if opts.chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
         raise SlcInputError(f"expected chunk size <= {MAX_CHUNK_ELEMENTS // enc.work_per_label()} for this codec, "
                             f"got {opts.chunk_size}")
-    zstd = enc.default_zstd if opts.zstd is None else opts.zstd
-    job.opts = replace(opts, zstd=zstd)
-    if not zstd:  # a week-long run should not find out at the end (zstd sizes are not known ahead)
-        check_space(job.out, plan.bytes)
-    tensors = enc.tensors()
-    header = Header(c, e, n, float(opts.temperature), kind, enc.name, enc.params(),
-                    {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in tensors.items()},
-                    opts.chunk_size, "zstd" if zstd else "none", f"slc {__version__}", opts.user, opts.epochs_per_chunk)
+    job.opts = replace(opts, zstd=enc.default_zstd if opts.zstd is None else opts.zstd)
+    if not job.opts.zstd:  # a week-long run should not find out at the end (zstd sizes are not known ahead)
+        first, stop = job.chunk_range
+        share = label_range(job.tiling, first, stop)
+        check_space(job.out, plan.bytes if job.part is None else
+                    math.ceil(plan.bytes * (share[1] - share[0]) / (job.src.shape[0] * job.src.shape[1])))
+    setup = setup_sections(job, enc, kind)
+    if codec_setup is not None:
+        setup = adopt_codec(setup, codec_setup, job.codec_from or "the codec file")
     w = target.open()
-    w.add_section("header", header_bytes(header.to_json()))
-    for name, a in tensors.items():
-        w.add_section(name, np.ascontiguousarray(a).tobytes())
-    for name, data in job.extras.required.items():
-        w.add_section(name, data, required=True)
-    for name, data in job.extras.before.items():
-        w.add_section(name, data, required=False)
+    for name, data, required in setup:
+        w.add_section(name, data, required=required)
+    w.min_minor = file_minor(job, enc, [name for name, _, _ in setup])
+    if job.part is not None:
+        first, stop = job.chunk_range
+        specs, bodies = state_sections(enc.encoder_state())
+        w.add_section(PART, PartInfo(first, stop, len(job.tiling), w.min_minor, specs).to_bytes(), required=True)
+        for name, data in bodies.items():
+            w.add_section(name, data, required=False)
     w.begin_chunks()
     target.chunks_begun(enc.encoder_state())
     return w
@@ -470,10 +695,14 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
 
         compressor = zstandard.ZstdCompressor(level=enc.zstd_level)
     seconds = 0.0
-    w.min_minor = max(enc.since_minor, TILING_MINOR if tiling.spans_epochs else 0)
+    w.min_minor = file_minor(job, enc, [s.name for s in w.sections])
+    first_label = label_range(tiling, job.chunk_range[0], job.chunk_range[0])[0]
+    stop = job.chunk_range[1]
     parts, rows, i = [], 0, done  # the blocks of chunk i so far (chunks that span epochs take several)
     for e, s, block, lp in blocks:
-        if i >= len(tiling):
+        if i >= stop:
+            if stop < len(tiling):  # a part: the rest is another part's
+                break
             raise SlcInputError(f"expected {len(tiling)} chunks of labels, got a source with more")
         ce, cs, count = tiling.chunk(i)
         want = (ce + rows // n, 0) if tiling.spans_epochs else (ce, cs)
@@ -503,8 +732,8 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
                 encoding, payload = ENCODING_ZSTD, z
         target.chunk_done(w.add_chunk(ce, cs, count, payload, len(raw), encoding))
         if progress:
-            progress(count, w.position, (ce * n + cs + count) * c * 2)  # dense fp16 bytes so far
+            progress(count, w.position, (ce * n + cs + count - first_label) * c * 2)  # dense fp16 bytes so far
         parts, rows, i = [], 0, i + 1
-    if parts:
+    if parts or i < stop:
         raise SlcInputError(f"expected {tiling.chunk(i)[2]} labels in chunk {i}, got a source that ends after {rows}")
     return seconds

@@ -20,6 +20,7 @@ from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
 from slc.codecs.labels import retemper
 from slc.codecs.sparse import SparseLabels
+from slc.format.parts import PART, PartInfo
 from slc.format.sections import CHUNKS, EPOCHS_MAP, HEADER, INDEX, TOKENS_IDS, TOKENS_SEQ, parse_ids, parse_map, parse_seq
 
 
@@ -27,8 +28,11 @@ from slc.format.sections import CHUNKS, EPOCHS_MAP, HEADER, INDEX, TOKENS_IDS, T
 class SlcFile:
     """A validated, open ``.slc`` file. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, part: bool = False):
+        """``part``: also open a part file (:mod:`slc.format.parts`); only ``index`` and ``verify`` then apply."""
         self.path = os.fspath(path)
+        self._allow_part = part
+        self.part: PartInfo | None = None
         try:
             self._f = open(self.path, "rb")
         except OSError as e:
@@ -45,7 +49,7 @@ class SlcFile:
         self.header = Header.from_json(read_header(f, self.layout))
         h = self.header
         for name, s in self.layout.sections.items():
-            known = name in (HEADER, INDEX, CHUNKS, EPOCHS_MAP) or name in h.tensors
+            known = name in (HEADER, INDEX, CHUNKS, EPOCHS_MAP, PART) or name in h.tensors
             expect(known or not s.required, "only sections this reader understands to be required",
                    f"required section {name!r} (written by a newer slc?)")
         cls = codec_class(h.codec)
@@ -68,12 +72,19 @@ class SlcFile:
         chunks = self.layout.sections["chunks"]
         index_s = self.layout.sections["index"]
         tiling = h.tiling
-        n_chunks = len(tiling)
-        expect(index_s.length == n_chunks * 48, f"an index of {n_chunks} chunks for {h.epochs} x {h.samples} labels",
-               f"{index_s.length // 48} entries")
+        first, stop = 0, len(tiling)
+        if PART in self.layout.sections:
+            self.part = PartInfo.parse(read_section(f, self.layout.sections[PART]), tiling)
+            expect(self._allow_part, "a whole .slc file", f"a part of one ({self.part.describe()}); `slc merge` joins "
+                   "the parts")
+            first, stop = self.part.first, self.part.stop
+        n_chunks = stop - first
+        expect(index_s.length == n_chunks * 48, f"an index of {n_chunks} chunks for {h.epochs} x {h.samples} labels"
+               + (f" (chunks {first}..{stop - 1})" if self.part else ""), f"{index_s.length // 48} entries")
         self.index: list[ChunkEntry] = parse_index(read_section(f, index_s), chunks)
-        for i, (e, start, count) in enumerate(tiling):  # chunks tile epochs x samples in order
-            c = self.index[i]
+        for i in range(first, stop):  # chunks tile epochs x samples in order
+            e, start, count = tiling.chunk(i)
+            c = self.index[i - first]
             expect((c.epoch, c.start, c.count) == (e, start, count),
                    f"chunk {i} to hold epoch {e} samples {start}..{start + count}",
                    f"epoch {c.epoch} samples {c.start}..{c.start + c.count}")
@@ -99,6 +110,11 @@ class SlcFile:
             self.offsets = parse_seq(read_section(f, s), h.samples)
 
     # ---------------------------------------------------------------- properties
+    @property
+    def fileobj(self):
+        """The open binary file (for tools that copy sections as they are, such as ``slc merge``)."""
+        return self._f
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(epochs, samples, classes)``."""

@@ -22,6 +22,7 @@ class LabelSource:
     dtype: np.dtype
     seekable: bool = True
     name: str = ""
+    progress_total: int | None = None  # labels a progress bar counts to: all of them, or a part's (see work_on)
 
     def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError
@@ -34,6 +35,10 @@ class LabelSource:
             e, s = divmod(i, per)
             s *= rows
             yield e, s, self.read(e, s, min(n, s + rows))
+
+    def work_on(self, labels: int) -> None:
+        """This job reads ``labels`` of the source (a part's share): what progress bars count to."""
+        self.progress_total = labels
 
     def close(self) -> None:
         pass

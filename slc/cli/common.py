@@ -50,7 +50,7 @@ def handle_errors(fn):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(0)
             where = f": {e.filename}" if e.filename else ""
-            raise click.ClickException(one_line(f"{e.strerror or e}{where}")) from None
+            raise click.ClickException(one_line(cli_words(f"{e.strerror or e}{where}"))) from None
         except KeyboardInterrupt as e:
             hint = cli_words(getattr(e, "slc_hint", "no output was written"))
             click.echo(f"Error: interrupted; {hint}", err=True)
@@ -81,11 +81,41 @@ def console(wide: bool = False):
     return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160 if wide else 120)
 
 
+def main_rank() -> bool:
+    """Whether this process speaks for the run: always, unless it is a rank > 0 under torchrun."""
+    from slc.distributed import env_world
+
+    w = env_world()
+    return w is None or w[0] == 0
+
+
+def alone() -> bool:
+    """Whether this process writes the whole file (not one rank of several under torchrun)."""
+    from slc.distributed import env_world
+
+    w = env_world()
+    return w is None or w[1] == 1
+
+
+def done(line: str) -> None:
+    """A command's last line (on stderr), said once however many ranks ran it."""
+    if main_rank():
+        click.echo(line, err=True)
+
+
+def wrote(output: str, result, detail: str) -> None:
+    """The last line of a command that wrote an .slc: its size and ratio, or what part of one it is."""
+    if result.part:
+        done(f"wrote {output}: {result.bytes:,} bytes, a part file ({result.part}; `slc merge` joins the parts)")
+    else:
+        done(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 {detail}")
+
+
 class Reporter:
-    """Log lines and progress bars on stderr for a long write (silent with ``quiet``)."""
+    """Log lines and progress bars on stderr for a long write (silent with ``quiet``, and on ranks > 0)."""
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
+        self.quiet = quiet or not main_rank()
         self.bars: dict = {}
 
     def log(self, line: str) -> None:
@@ -201,6 +231,37 @@ def codec_options(fn):
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def part_options(fn):
+    """Writing one part of a file (for ``slc merge``), or with a codec fitted once: ``compress``, ``encode``,
+    ``encode-lm``. Under torchrun none is needed: every rank writes its share and one file comes out."""
+    opts = [
+        click.option("--part", "share", metavar="I/N", help="Write part I of N (chunks split evenly) as a part file; "
+                     "`slc merge` joins the N parts into the file one run writes."),
+        click.option("--epoch-range", metavar="A:B", help="Write epochs A..B-1 as a part file (on chunk boundaries)."),
+        click.option("--fit-only", is_flag=True, help="Fit the codec and write it alone (a codec file) for "
+                     "--codec-from; no labels are written."),
+        click.option("--codec-from", type=click.Path(dir_okay=False), help="Use the codec of this part or codec "
+                     "file instead of fitting one (every job of a split run then shares it)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def part_spec(share: str | None, epoch_range: str | None, fit_only: bool):
+    """The :class:`~slc.format.parts.PartSpec` the part options ask for, or ``None`` (the whole file)."""
+    from slc.format.parts import PartSpec
+
+    given = [name for name, v in (("--part", share), ("--epoch-range", epoch_range), ("--fit-only", fit_only)) if v]
+    if len(given) > 1:
+        raise SlcInputError(f"expected one of --part, --epoch-range and --fit-only, got {' and '.join(given)}")
+    if share:
+        return PartSpec.share_of(share)
+    if epoch_range:
+        return PartSpec.epoch_range(epoch_range)
+    return PartSpec(codec_only=True) if fit_only else None
 
 
 def compress_options(codec, temperature, ratio, budget, k, dc, dh, params, chunk_size, zstd, tensor_dtype,

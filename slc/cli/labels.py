@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from slc.cli.common import Reporter, codec_options, compress_options, console, handle_errors
+from slc.cli.common import (Reporter, codec_options, compress_options, console, handle_errors, human_bytes, wrote, alone,
+                            part_options, part_spec)
 
 
 @click.command()
@@ -23,8 +24,10 @@ from slc.cli.common import Reporter, codec_options, compress_options, console, h
               "lengths, so `slc.open_slc(f).sequence(i)` reads sequence i directly.")
 @click.option("--token-ids", help="Token labels: an .npy of the input token at each position (stored as tokens.ids).")
 @codec_options
+@part_options
 @handle_errors
-def compress(labels, output, source, prune, indices, vocab, seq, token_ids, force, resume, quiet, **codec):
+def compress(labels, output, source, prune, indices, vocab, seq, token_ids, force, resume, quiet, share, epoch_range,
+             fit_only, codec_from, **codec):
     """Compress soft labels into an .slc file.
 
     LABELS is an .npy of shape (N, C) or (E, N, C), an HDF5 dataset FILE.h5:/path,
@@ -48,12 +51,45 @@ def compress(labels, output, source, prune, indices, vocab, seq, token_ids, forc
     try:
         result = run(src, output, opts, force=force, resume=resume, log=rep.log, fit_progress=rep.fit,
                      sequences=read_ints(seq, "seq"), token_ids=read_ints(token_ids, "token_ids"),
-                     progress=rep.written(e * n, "encode", "label"))
+                     progress=rep.written(None if share or epoch_range or not alone() else e * n, "encode", "label"),
+                     part=part_spec(share, epoch_range, fit_only),
+                     codec_from=codec_from)
     finally:
         rep.close()
         src.close()
-    click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 "
-               f"({result.source}, T={result.temperature:g}, codec {result.codec})", err=True)
+    wrote(output, result, f"({result.source}, T={result.temperature:g}, codec {result.codec})")
+
+
+@click.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="The whole .slc file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def merge(parts, output, force, quiet):
+    """Join part files (--part, --epoch-range) into the file one run would have written.
+
+    The parts may come in any order; they must be of one run (header, recipe, images, codec) and
+    cover every chunk once. The result is byte-identical to a single-process run.
+
+    \b
+    Example:
+        slc merge labels.part0.slc labels.part1.slc -o labels.slc
+    """
+    import time
+
+    from slc.merge_parts import merge as run
+
+    rep = Reporter(quiet)
+    t0 = time.perf_counter()
+    try:
+        size = run(list(parts), output, force=force, log=rep.log,
+                   progress=None if quiet else lambda n: rep.bar("merge", None, "B").update(n))
+    finally:
+        rep.close()
+    seconds = time.perf_counter() - t0
+    click.echo(f"wrote {output}: {size:,} bytes from {len(parts)} parts in {seconds:.1f} s "
+               f"({human_bytes(int(size / max(seconds, 1e-9)))}/s)", err=True)
 
 
 @click.command()
@@ -111,20 +147,24 @@ def inspect(file, against, as_json):
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--part", "as_part", is_flag=True, help="FILE is a part file (--part, --epoch-range), not a whole file.")
 @handle_errors
-def verify(file):
+def verify(file, as_part):
     """Check every checksum and structural rule of an .slc file; exit 0 if valid, 1 if not."""
     from slc.errors import SlcFormatError
-    from slc.reader import open_slc
+    from slc.reader import SlcFile
 
     try:
-        with open_slc(file) as f:
+        with SlcFile(file, part=as_part) as f:
+            if as_part and f.part is None:
+                raise SlcFormatError("expected a part file (--part), got a whole .slc file")
             f.verify()
-            n = len(f)
+            n = sum(c.count for c in f.index)
+            what = f"part, {f.part.describe()}, " if f.part else ""
     except SlcFormatError as e:
         click.echo(f"INVALID {file}: {e}")
         sys.exit(1)
-    click.echo(f"OK {file}: {n:,} labels, all checksums match")
+    click.echo(f"OK {file}: {what}{n:,} labels, all checksums match")
 
 
 # --------------------------------------------------------------------------- what inspect prints

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from slc.cli.common import Reporter, handle_errors, parse_params
+from slc.cli.common import Reporter, done, handle_errors, parse_params, part_options, part_spec, wrote
 
 
 @click.command("encode-lm")
@@ -32,9 +32,10 @@ from slc.cli.common import Reporter, handle_errors, parse_params
 @click.option("--force", is_flag=True, help="Overwrite an existing output (or discard an interrupted run).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished chunk.")
 @click.option("-q", "--quiet", is_flag=True, help="No log, no progress bar.")
+@part_options
 @handle_errors
 def encode_lm(teacher, text, output, vocab_file, seq_len, params, device, trust_pickle, force, resume, quiet, budget,
-              **fields):
+              share, epoch_range, fit_only, codec_from, **fields):
     """Label every token of TEXT with a causal LM TEACHER into a token-level .slc.
 
     TEACHER is a TorchScript file mapping token ids (B, L) to logits (B, L, V), or a local
@@ -55,11 +56,14 @@ def encode_lm(teacher, text, output, vocab_file, seq_len, params, device, trust_
         result = run(teacher, text, output, vocab_file=vocab_file, seq_len=seq_len, options=parse_params(params),
                      budget=parse_size(budget) if budget else None,
                      device=device, allow_pickle=trust_pickle, force=force, resume=resume, log=rep.log,
-                     on_tokens=None if quiet else rep.counted("teacher", "token"), **fields)
+                     on_tokens=None if quiet else rep.counted("teacher", "token"),
+                     part=part_spec(share, epoch_range, fit_only), codec_from=codec_from, **fields)
     finally:
         rep.close()
+    if result.part:
+        return wrote(output, result, "")
     with open_slc(output) as f:  # per-token figures computed as `slc inspect` computes them
         tk = token_summary(f)
-    click.echo(f"wrote {output}: {result.bytes:,} bytes for {result.labels:,} tokens, {result.ratio:.1f}x vs dense "
-               f"fp16 ({tk['bytes_per_token']:.2f} B/token, {tk['ratio_vs_fp16']:.0f}x without the token ids; "
-               f"T={result.temperature:g}, codec {result.codec})", err=True)
+    done(f"wrote {output}: {result.bytes:,} bytes for {result.labels:,} tokens, {result.ratio:.1f}x vs dense "
+         f"fp16 ({tk['bytes_per_token']:.2f} B/token, {tk['ratio_vs_fp16']:.0f}x without the token ids; "
+         f"T={result.temperature:g}, codec {result.codec})")

@@ -24,7 +24,7 @@ REPLAY, FINGERPRINTS, BOXES = "replay", "images.fp", "crops.boxes"
 TOKENS_SEQ, TOKENS_IDS = "tokens.seq", "tokens.ids"
 # the minor version that introduced each section; a writer marks a file with the lowest that fits
 SINCE_MINOR = {HEADER: 0, INDEX: 0, CHUNKS: 0, REPLAY: 1, FINGERPRINTS: 1, BOXES: 1, EPOCHS_MAP: 2,
-               TOKENS_SEQ: 3, TOKENS_IDS: 3}
+               TOKENS_SEQ: 3, TOKENS_IDS: 3, "part": 6}
 
 BOX_DTYPE = np.dtype([("y", "<u2"), ("x", "<u2"), ("h", "<u2"), ("w", "<u2"), ("flip", "u1"), ("pad", "u1")])
 assert BOX_DTYPE.itemsize == 10  # crops.boxes: one record per label, in label order

@@ -15,6 +15,7 @@ import numpy as np
 
 from slc.compression import CompressOptions, CompressResult, compress
 from slc.extras import Extras
+from slc.format.parts import PartSpec
 from slc.errors import SlcInputError
 from slc.format.header import MAX_CHUNK_ELEMENTS
 from slc.lm.teacher import LMTeacher, iter_logp, load_lm_teacher, offsets_of
@@ -35,7 +36,7 @@ class LMSource(LabelSource):
         self.teacher, self.sequences = teacher, sequences
         self.name, self.dtype = "teacher", np.dtype(np.float32)
         self.shape = (1, int(sum(len(s) for s in sequences)), teacher.vocab)
-        self.on_tokens = (lambda n: on_tokens(n, self.shape[1])) if on_tokens else None
+        self.on_tokens = (lambda n: on_tokens(n, self.progress_total or self.shape[1])) if on_tokens else None
 
     def blocks(self, rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
         # temperature 1 here: compress applies the file's temperature (log_softmax(logp / T) = log_softmax(z / T));
@@ -61,7 +62,8 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
               opts: CompressOptions | None = None, *, vocab_file: str | None = None, seq_len: int | None = None,
               device: str = "cpu", allow_pickle: bool = False, force: bool = False, resume: bool = False,
               log: Callable[[str], None] | None = None, progress: Callable | None = None,
-              on_tokens: Callable[[int, int], None] | None = None, **given) -> CompressResult:
+              on_tokens: Callable[[int, int], None] | None = None, part: PartSpec | None = None,
+              codec_from: str | os.PathLike | None = None, **given) -> CompressResult:
     """Label every token of ``text`` (plain text, one sequence per line, or JSONL) with ``teacher``.
 
     ``teacher``: a TorchScript file or a local ``transformers`` model directory (see
@@ -90,4 +92,4 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
     extras.request = {"teacher": teacher.fingerprint(), "text": text_digest(sequences), "device": teacher.device.type,
                       "seq_len": seq_len}
     return compress(src, out, opts, force=force, resume=resume, extras=extras, sequences=offsets, token_ids=ids,
-                    log=log, progress=progress)
+                    log=log, progress=progress, part=part, codec_from=codec_from)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from slc.errors import SlcInputError
+from slc.distributed import local_device
 from slc.models import _describe, _find_state_dict, _freeze, _one_line, _sniff, resolve_device
 
 __all__ = ["LMTeacher", "WordVocab", "load_lm_teacher", "read_sequences", "iter_logp", "offsets_of"]
@@ -115,7 +116,7 @@ def load_lm_teacher(path: str, *, allow_pickle: bool = False, device: str | torc
     with only ``pytorch_model.bin``) need ``allow_pickle=True``: unpickling runs code from the file.
     """
     p = Path(path)
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev = local_device(resolve_device(device) if isinstance(device, str) else torch.device(device))
     if p.is_dir():
         return _load_hf(p, allow_pickle=allow_pickle, device=dev, log=log)
     if not p.is_file():

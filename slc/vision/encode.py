@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from slc.distributed import local_device
+from slc.format.parts import PartSpec
 from slc.format.replay import Recipe
 from slc.compression import CompressOptions, CompressResult, compress
 from slc.extras import Extras
@@ -78,7 +80,7 @@ class TeacherSource(LabelSource):
         for a in range(start, stop, self.batch_size):
             b = min(stop, a + self.batch_size)
             out.append(self._forward(torch.stack([self.crops[base + i] for i in range(a, b)])))
-            self.on_crops(b - a, len(self.crops))
+            self.on_crops(b - a, self.progress_total or len(self.crops))
         return np.concatenate(out)
 
     def blocks(self, rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -102,7 +104,7 @@ class TeacherSource(LabelSource):
                 y = self._forward(next(it))
                 block[got:got + len(y)] = y
                 got += len(y)
-                self.on_crops(len(y), len(self.crops))
+                self.on_crops(len(y), self.progress_total or len(self.crops))
             yield e, s * rows, block
 
 
@@ -151,7 +153,8 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
            weights: str | None = None, trust_pickle: bool = False, factory_kwargs: dict | None = None,
            force: bool = False, resume: bool = False, log: Callable[[str], None] | None = None,
            fit_progress: Callable | None = None, progress: Callable | None = None,
-           on_crops: Callable[[int, int], None] | None = None, **given) -> CompressResult:
+           on_crops: Callable[[int, int], None] | None = None, part: PartSpec | None = None,
+           codec_from: str | os.PathLike | None = None, **given) -> CompressResult:
     """Relabel ``images`` with ``teacher`` over ``epochs`` of replayable crops into ``out``.
 
     ``teacher``: a module (or any callable) mapping ``[B, C, H, W]`` to logits ``[B, classes]``, or
@@ -162,7 +165,9 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
     as keywords: ``size=32, invert=True, scale=(0.08, 1), aspect=(3/4, 4/3), flip=0.5, mean=...,
     std=..., seed=0, mix="cutmix", ...``. The student replays the crops from the file with
     :class:`slc.SoftLabelDataset`. ``fit_on``: fit the codec on the first ``fit_labels`` labels (no
-    extra teacher work) or on a random subset (extra work).
+    extra teacher work) or on a random subset (extra work). ``part``, ``codec_from``: write one part of the
+    file, or with a codec fitted once (:func:`slc.compression.compress`); under ``torchrun`` each rank runs
+    the teacher on its own device over its share of the crops, and one file comes out.
     """
     write, crop = split_keywords(given)
     opts = CompressOptions.of(opts or CompressOptions(fit_labels=ENCODE_FIT_LABELS), **write, source="logits")
@@ -181,7 +186,7 @@ def encode(teacher, images: str | os.PathLike | ImageSet, out: str | os.PathLike
         src, extras = teacher_labels(teacher, imgs, recipe, epochs, batch_size, device, workers, amp, fit_on,
                                      on_crops, log)
         return compress(src, out, opts, force=force, resume=resume, extras=extras, log=log,
-                        fit_progress=fit_progress, progress=progress)
+                        fit_progress=fit_progress, progress=progress, part=part, codec_from=codec_from)
     finally:
         if imgs is not images:
             imgs.close()
@@ -192,7 +197,7 @@ def teacher_labels(teacher, imgs: ImageSet, recipe: Recipe, epochs: int, batch_s
     """The teacher over the crops as a label source, and the replay sections the student needs."""
     if recipe.mix != "none" and recipe.mix_group > len(imgs):
         raise SlcInputError(f"expected a mix group of at most {len(imgs)} images, got {recipe.mix_group}")
-    dev = resolve_device(device)
+    dev = local_device(resolve_device(device))
     if hasattr(teacher, "to"):
         teacher = teacher.to(dev)
     if dev.type == "cuda":
