@@ -14,7 +14,7 @@ import numpy as np
 
 from slc.atomic import atomic_output, check_output
 from slc.errors import SlcInputError, expect
-from slc.format.container import ChunkEntry, ContainerWriter, Section, crc32, read_exact, read_section
+from slc.format.container import ContainerWriter, Section, read_exact, read_section
 from slc.format.parts import PART, STATE_PREFIX, PartInfo, first_difference
 from slc.reader import SlcFile
 
@@ -133,20 +133,18 @@ def write_merged(parts: list[OpenPart], f, progress: Callable[[int], None] | Non
 
 def copy_chunks(w: ContainerWriter, p: OpenPart, s: Section, progress) -> None:
     """Append part ``p``'s chunk payloads to ``w`` with rebased index entries, checking the part's CRC."""
-    base, own, pos, fh = w._chunks_len, 0, 0, p.f.fileobj
-    while pos < s.length:
-        block = read_exact(fh, s.offset + pos, min(COPY_BLOCK, s.length - pos), f"chunks of {p.path}")
-        own = crc32(block, own)
-        w.f.write(block)
-        w._chunks_crc = crc32(block, w._chunks_crc)
-        pos += len(block)
-        if progress:
-            progress(len(block))
-    expect(own == s.crc, f"CRC {s.crc:08x} for the chunks of {p.path}", f"{own:08x} (corrupted)")
-    w._pos += s.length
-    w._chunks_len += s.length
-    w.index.extend(ChunkEntry(e.epoch, e.count, e.start, e.offset + base, e.stored_length, e.raw_length, e.crc,
-                              e.encoding) for e in p.f.index)
+
+    def blocks():
+        pos, fh = 0, p.f.fileobj
+        while pos < s.length:
+            block = read_exact(fh, s.offset + pos, min(COPY_BLOCK, s.length - pos), f"chunks of {p.path}")
+            pos += len(block)
+            if progress:
+                progress(len(block))
+            yield block
+
+    crc = w.add_chunk_run(blocks(), p.f.index)
+    expect(crc == s.crc, f"CRC {s.crc:08x} for the chunks of {p.path}", f"{crc:08x} (corrupted)")
 
 
 def read_state(f, info: PartInfo) -> dict[str, np.ndarray]:

@@ -48,6 +48,46 @@ def crc32(data: bytes | memoryview, value: int = 0) -> int:
     return zlib.crc32(data, value) & 0xFFFFFFFF
 
 
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of ``A + B`` from ``crc1 = crc32(A)``, ``crc2 = crc32(B)`` and ``len(B)``, without the bytes.
+
+    zlib's method: appending ``len2`` zero bytes to ``A`` is a linear map on its CRC (a 32 x 32 matrix over
+    GF(2)), applied by repeated squaring in O(log len2); ``B``'s CRC then adds in.
+    """
+    if len2 <= 0:
+        return crc1
+
+    def times(mat: list[int], vec: int) -> int:
+        out, i = 0, 0
+        while vec:
+            if vec & 1:
+                out ^= mat[i]
+            vec >>= 1
+            i += 1
+        return out
+
+    def square(mat: list[int]) -> list[int]:
+        return [times(mat, m) for m in mat]
+
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    even = square(odd)  # two zero bits
+    odd = square(even)  # four
+    while True:
+        even = square(odd)  # the next power of two zero bytes, alternating between the two tables
+        if len2 & 1:
+            crc1 = times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = square(even)
+        if len2 & 1:
+            crc1 = times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return (crc1 ^ crc2) & 0xFFFFFFFF
+
+
 def align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
@@ -323,6 +363,21 @@ class ContainerWriter:
         self._chunks_crc = crc32(payload, self._chunks_crc)
         self.index.append(entry)
         return entry
+
+    def add_chunk_run(self, blocks: Iterable[bytes], entries: Iterable[ChunkEntry]) -> int:
+        """Append chunks encoded elsewhere (a part file's): their payloads back to back as ``blocks``, and their
+        index ``entries`` with offsets counted from the run's start. Returns the run's CRC-32 (one pass over
+        the bytes), so the caller can check it against the run's own record."""
+        base, crc, n = self._chunks_len, 0, 0
+        for block in blocks:
+            self.f.write(block)
+            crc, n = crc32(block, crc), n + len(block)
+        self._chunks_crc = crc32_combine(self._chunks_crc, crc, n)
+        self._pos += n
+        self._chunks_len += n
+        self.index.extend(ChunkEntry(e.epoch, e.count, e.start, e.offset + base, e.stored_length, e.raw_length, e.crc,
+                                     e.encoding) for e in entries)
+        return crc
 
     def end_chunks(self) -> None:
         assert self._chunks_start is not None
