@@ -237,6 +237,7 @@ def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, 
             if first_chunk > 0 or blocks is None:  # a part fits on the whole file's sample, then reads its own chunks
                 first, blocks = [], job.src.blocks(job.opts.chunk_size, job.tiling.source_block(first_chunk))
             w, done = begin(job, enc, kind, plan, target, fitted.setup), 0
+        w.min_minor = file_minor(job, enc, [s.name for s in w.sections])
         seconds = 0.0
         if first_chunk + done < stop_chunk:
             seconds = write_chunks(job, enc, kind, itertools.chain(first, ((e, s, b, None) for e, s, b in blocks)), w,
@@ -695,7 +696,6 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
 
         compressor = zstandard.ZstdCompressor(level=enc.zstd_level)
     seconds = 0.0
-    w.min_minor = file_minor(job, enc, [s.name for s in w.sections])
     first_label = label_range(tiling, job.chunk_range[0], job.chunk_range[0])[0]
     stop = job.chunk_range[1]
     parts, rows, i = [], 0, done  # the blocks of chunk i so far (chunks that span epochs take several)
