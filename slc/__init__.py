@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 _EXPORTS = {
     "SlcError": "slc.errors", "SlcFormatError": "slc.errors", "SlcInputError": "slc.errors",
     "SlcFile": "slc.reader", "open_slc": "slc.reader",
     "compress": "slc.compression", "CompressOptions": "slc.compression", "open_labels": "slc.sources",
     "Recipe": "slc.vision.augment", "SoftLabelDataset": "slc.vision.dataset", "EpochSampler": "slc.vision.dataset",
+    "DistributedEpochSampler": "slc.vision.dataset",
     "encode": "slc.vision.encode",
     "encode_lm": "slc.lm.encode", "TokenLabelDataset": "slc.lm.dataset", "collate_tokens": "slc.lm.dataset",
     "kd_loss": "slc.lm.distill", "SparseLabels": "slc.codecs.sparse",
+    "merge": "slc.merge_parts", "PartSpec": "slc.format.parts",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from slc.cli.common import Reporter, codec_options, compress_options, console, floats, handle_errors
+from slc.cli.common import (Reporter, codec_options, compress_options, console, floats, handle_errors, part_options,
+                            part_spec, wrote)
 from slc.errors import SlcInputError
 
 
@@ -41,10 +42,11 @@ from slc.errors import SlcInputError
               help="Fit the codec on the first --fit-labels labels, or a random subset (extra teacher work).")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images (named on stderr) instead of stopping.")
 @codec_options
+@part_options
 @handle_errors
 def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epochs, size, scale, aspect, flip, mean,
            std, channels, invert, order, mix, mix_group, store_boxes, batch_size, device, workers, no_amp, fit_on,
-           skip_bad, seed, force, resume, quiet, **codec):
+           skip_bad, seed, force, resume, quiet, share, epoch_range, fit_only, codec_from, **codec):
     """Relabel IMAGES with TEACHER over replayable augmented crops into an .slc file.
 
     TEACHER is a TorchScript file, a torch.export .pt2, or package.module:factory with
@@ -74,13 +76,13 @@ def encode(teacher, images, output, weights, factory_kwargs, trust_pickle, epoch
         result = run(teacher, images, output, opts, recipe=recipe, epochs=epochs, batch_size=batch_size,
                      device=device, workers=workers, amp=not no_amp, fit_on=fit_on, skip_bad=skip_bad, weights=weights,
                      trust_pickle=trust_pickle, factory_kwargs=kw, force=force, resume=resume, log=rep.log,
+                     part=part_spec(share, epoch_range, fit_only), codec_from=codec_from,
                      fit_progress=rep.fit, on_crops=None if quiet else rep.counted("relabel", "crop"),
                      progress=rep.written(None, "relabel", "crop", advance=False))
     finally:
         rep.close()
     n = result.labels // epochs
-    click.echo(f"wrote {output}: {result.bytes:,} bytes, {result.ratio:.1f}x vs dense fp16 labels "
-               f"({epochs} epochs x {n} images, T={result.temperature:g}, codec {result.codec})", err=True)
+    wrote(output, result, f"labels ({epochs} epochs x {n} images, T={result.temperature:g}, codec {result.codec})")
 
 
 @click.command("train-student")
@@ -120,18 +122,25 @@ def train_student(images, labels, out_dir, val, teacher, heldout, as_json, force
     Every epoch replays the teacher's crops exactly and decodes labels on the fly. After each epoch
     --out-dir/checkpoint.pt is saved; --resume continues from it after Ctrl-C, SIGTERM or a crash.
 
+    Under torchrun it trains with DistributedDataParallel: --batch-size stays the global batch, each
+    rank trains on its slice of it, and only rank 0 writes and reports.
+
     \b
     Example:
         slc train-student images/ labels.slc -o runs/40x --student resnet18-small --val val/
+        torchrun --standalone --nproc-per-node 4 -m slc train-student images/ labels.slc -o runs/40x
     """
+    from slc.cli.common import main_rank
     from slc.vision.train import TrainConfig, train_student as run
 
-    rep = Reporter(quiet)
+    rep = Reporter(quiet)  # quiet on ranks > 0: under torchrun they only speak to fail
     try:
         result = run(labels, images, out_dir, TrainConfig(**config), val=val, teacher=teacher, heldout=heldout,
                      force=force, resume=resume, log=rep.log, progress=rep.trained("train"))
     finally:
         rep.close()
+    if not main_rank():
+        return
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -3,7 +3,8 @@
 Item ``i`` of either dataset is label ``i`` of the file: epoch ``i // N``, position ``i % N``.
 Positions are already in the epoch's shuffled order (the ``Recipe``), so reading an epoch in
 position order gives a shuffled pass over the images *and* decodes each label chunk once.
-Use :class:`EpochSampler` for that; any batch size works, not just the relabel one.
+Use :class:`EpochSampler` for that; any batch size works, not just the relabel one. Under
+``torchrun``, :class:`DistributedEpochSampler` gives each rank its slice of every such batch.
 """
 from __future__ import annotations
 
@@ -240,6 +241,73 @@ class BatchPoolSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.per
+
+
+class DistributedEpochSampler(Sampler[list[int]]):
+    """Under ``torchrun``: this rank's share of every global batch, in stored order, as a ``batch_sampler``.
+
+    The global batches are those one process trains on: stored epoch ``epoch % E`` cut into runs
+    of ``batch_size`` positions (as :class:`EpochSampler` with ``batch_size``), or those of
+    ``batches`` (another batch sampler, e.g. :class:`BatchPoolSampler`; ``set_epoch`` reaches it).
+    Rank ``r`` of ``world`` takes the contiguous slice ``[len*r//world, len*(r+1)//world)`` of each,
+    so the ranks together see exactly the single-process batches, and each rank still reads every
+    epoch front to back: a label chunk is decoded once per rank, never once per batch. Shares
+    differ by at most one item; a batch with fewer items than ranks (an epoch's last) leaves some
+    ranks an empty list, which the default ``collate_fn`` refuses: a DDP rank must still step with
+    the others, so give the ``DataLoader`` a ``collate_fn`` that turns ``[]`` into empty tensors, or a
+    ``batch_size`` whose remainder is 0 or at least ``world``. ``rank``/``world`` default to the
+    launcher's ``RANK``/``WORLD_SIZE`` (0 and 1 without one). Each rank normalises its loss by the
+    global batch's length (the sum of all shares), not its own.
+
+        sampler = DistributedEpochSampler(ds, batch_size=256)  # 256 across all ranks
+        for epoch in range(100):
+            sampler.set_epoch(epoch)
+            for x, y in DataLoader(ds, batch_sampler=sampler, num_workers=4): ...
+    """
+
+    def __init__(self, dataset: SoftLabelDataset | CropDataset, batch_size: int | None = None, *,
+                 rank: int | None = None, world: int | None = None, epoch: int = 0,
+                 batches: Sampler[list[int]] | None = None):
+        from slc.distributed import env_world
+
+        if (batch_size is None) == (batches is None):
+            raise SlcInputError(f"expected one of batch_size and batches, got batch_size={batch_size!r} and "
+                                f"{'batches' if batches is not None else 'no batches'}")
+        if batch_size is not None and batch_size < 1:
+            raise SlcInputError(f"expected a batch size of at least 1, got {batch_size}")
+        here = env_world() or (0, 1, 0)
+        self.rank = here[0] if rank is None else rank
+        self.world = here[1] if world is None else world
+        if not 0 <= self.rank < self.world:
+            raise SlcInputError(f"expected 0 <= rank < world, got rank {self.rank} of {self.world}")
+        self.epochs = dataset.epochs
+        self.n = len(dataset) // self.epochs
+        self.batch_size, self.batches = batch_size, batches
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.batches is not None and hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+    def global_batches(self) -> Iterator[list[int]]:
+        """The batches all ranks share out, each whole."""
+        if self.batches is not None:
+            yield from self.batches
+            return
+        first = self.epoch % self.epochs * self.n
+        for a in range(0, self.n, self.batch_size):
+            yield list(range(first + a, first + min(self.n, a + self.batch_size)))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        from slc.distributed import split
+
+        for batch in self.global_batches():
+            lo, hi = split(len(batch), self.world, self.rank)
+            yield list(batch[lo:hi])
+
+    def __len__(self) -> int:
+        return len(self.batches) if self.batches is not None else -(-self.n // self.batch_size)
 
 
 class _StoredBoxes:

@@ -8,6 +8,12 @@ At the end of an epoch, at most every ``checkpoint_every`` seconds, ``OUT_DIR/ch
 the model, optimizer, schedule and RNG states (loadable with ``weights_only=True``); ``resume=True``
 continues from it, bit-identical on CPU to an uninterrupted run. It is deleted once the final
 outputs are written.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains with DistributedDataParallel, no flag
+needed: ``batch_size`` stays the global batch, each rank trains on its slice of it and the result
+equals one process's up to float rounding (:mod:`slc.vision.ddp`). Every rank reads the same
+``.slc`` and images; rank 0 alone writes, logs and evaluates, and ``out_dir`` (with its checkpoint)
+must be a folder every rank sees.
 """
 from __future__ import annotations
 
@@ -23,15 +29,17 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from slc.atomic import atomic_output, check_output, fsync_folder, signals_deferred
 from slc.vision.augment import BOX_DTYPE, Recipe, render
-from slc.vision.dataset import BatchPoolSampler, EpochSampler, SoftLabelDataset, resize_view
-from slc.errors import SlcInputError
+from slc.vision.dataset import BatchPoolSampler, DistributedEpochSampler, SoftLabelDataset, resize_view
+from slc.vision.ddp import Ranks, lost_peer, settle
+from slc.errors import SlcError, SlcInputError
 from slc.vision.images import ImageSet, open_images
 from slc.vision.students import build_student, list_students
 from slc.models import load_teacher, resolve_device, teacher_forward
+from slc.distributed import Group, group as launcher_group, local_device
 
 
 @dataclass
@@ -204,14 +212,18 @@ class _Run:
     temperature: float
     epochs: int
     identity: dict
+    item: tuple  # one crop's shape: what an empty share of a batch is made of
     val_set: ImageSet | None = None
     val_targets: np.ndarray | None = None
     teacher: torch.nn.Module | None = None
     heldout: ImageSet | None = None
 
 
-def _prepare(labels, images, cfg: TrainConfig, val, teacher, heldout, log: Callable[[str], None]) -> _Run:
-    """Open and check every input now: whatever would fail after an hour of training fails here."""
+def _prepare(labels, images, cfg: TrainConfig, val, teacher, heldout, log: Callable[[str], None],
+             evaluates: bool = True) -> _Run:
+    """Open and check every input now: whatever would fail after an hour of training fails here.
+
+    ``evaluates``: also open what the evaluation needs (under ``torchrun``, rank 0 alone evaluates)."""
     torch.manual_seed(cfg.seed)
     ds = SoftLabelDataset(labels, images, temperature=cfg.temperature)
     for bad in ds.skipped:
@@ -226,14 +238,17 @@ def _prepare(labels, images, cfg: TrainConfig, val, teacher, heldout, log: Calla
         ds.crops.size = cfg.size  # the teacher's crops, resized
     if cfg.sampling not in ("cycle", "lpld"):
         raise SlcInputError(f"expected sampling 'cycle' or 'lpld', got {cfg.sampling!r}")
-    device = resolve_device(cfg.device)
+    device = local_device(resolve_device(cfg.device))  # under torchrun, cuda is this rank's GPU
     model = load_student(cfg.student, ds.classes, recipe.channels).to(device)
     model.eval()  # a shape probe must not touch batch-norm statistics
+    x = ds[0][0]
     with torch.no_grad():
-        width = model(ds[0][0][None].to(device)).shape[-1]
+        width = model(x[None].to(device)).shape[-1]
     if width != ds.classes:
         raise SlcInputError(f"expected a student with {ds.classes} outputs (the label width), got {width}")
-    run = _Run(ds, model, device, T, epochs, identity)
+    run = _Run(ds, model, device, T, epochs, identity, tuple(x.shape))
+    if not evaluates:
+        return run
     if val:
         run.val_set = open_images(val)
         run.val_targets = val_targets(run.val_set, ds.info.classes, ds.classes)
@@ -261,42 +276,83 @@ def train_student(labels: str | os.PathLike, images: str | os.PathLike, out_dir:
     the run's parameters, labels and images must be those of the interrupted run. The student is
     written before it is evaluated, so a failing evaluation never loses it; a run that fails before
     writing anything leaves no ``out_dir`` behind.
+
+    Under ``torchrun`` every rank calls this with the same arguments and gets rank 0's result; only
+    rank 0 writes, and calls ``log`` and ``progress``. A rank's failure raises on every rank.
     """
     cfg = cfg or TrainConfig()
     out_dir = os.fspath(out_dir)
-    created = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    group = launcher_group()
+    main = group is None or group.main
+    if not main:
+        log = progress = None
+    created = main and not os.path.isdir(out_dir)
+    if main:
+        os.makedirs(out_dir, exist_ok=True)
     try:
-        return _train(labels, images, out_dir, cfg, val, teacher, heldout, force, resume,
-                      log or (lambda line: None), progress)
+        try:
+            return _train(labels, images, out_dir, cfg, val, teacher, heldout, force, resume,
+                          log or (lambda line: None), progress, group)
+        except RuntimeError as e:
+            if group is None or not lost_peer(e):
+                raise
+            raise SlcError(f"expected the other {group.world - 1} rank(s) to keep training, got a lost connection "
+                           f"or a timeout on rank {group.rank}: another rank stopped (its own error says why) or "
+                           "hangs") from None
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)  # only if still empty: a checkpoint or a student stays
         raise
+    finally:
+        if group is not None:
+            group.close()
 
 
 def _train(labels, images, out_dir: str, cfg: TrainConfig, val, teacher, heldout, force: bool, resume: bool,
-           log: Callable[[str], None], progress) -> dict:
+           log: Callable[[str], None], progress, group: Group | None) -> dict:
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("ckpt", "student.pt"), ("ts", "student.ts"), ("log", "log.jsonl"), ("result", "result.json"))}
     state_path = os.path.join(out_dir, CHECKPOINT)
-    state = None
-    if resume and os.path.exists(state_path):
-        state = load_checkpoint(state_path)
-    elif resume:
-        log(f"resume: nothing to resume at {state_path}; starting a new run")
-    if not resume and not force and os.path.exists(state_path):
-        raise SlcInputError(f"expected no interrupted run in {out_dir}, got {state_path}; pass `resume=True` to continue "
-                            "it or `force=True` to start over")
-    # resuming, the outputs there are the interrupted run's: overwritten without --force
-    force = force or state is not None
-    for p in (*paths.values(), state_path):
-        check_output(p, force)
-    run = _prepare(labels, images, cfg, val, teacher, heldout, log)
-    if state is not None:
-        check_identity(state["identity"], run.identity)
-    rows, seconds = _fit(run, cfg, state, state_path, log, progress)
+    main = group is None or group.main
+    state = run = error = None
+    try:
+        if resume and os.path.exists(state_path):
+            state = load_checkpoint(state_path)
+        elif resume:
+            log(f"resume: nothing to resume at {state_path}; starting a new run")
+        if main:
+            if not resume and not force and os.path.exists(state_path):
+                raise SlcInputError(f"expected no interrupted run in {out_dir}, got {state_path}; pass `resume=True` "
+                                    "to continue it or `force=True` to start over")
+            # resuming, the outputs there are the interrupted run's: overwritten without --force
+            force = force or state is not None
+            for p in (*paths.values(), state_path):
+                check_output(p, force)
+        run = _prepare(labels, images, cfg, val, teacher, heldout, log, evaluates=main)
+        if state is not None:
+            check_identity(state["identity"], run.identity)
+    except Exception as e:  # noqa: BLE001  (every rank learns of it; this rank raises it as it is)
+        error = e
+    seen = settle(group, error, "preparing to train",
+                  (None if state is None else state["epoch"], None if run is None else run.device.type))
+    if len(set(seen)) > 1:
+        raise SlcInputError(f"expected every rank to see the same {state_path} and device type (a folder all ranks "
+                            f"share), got (checkpoint epoch, device) {dict(enumerate(seen))} by rank")
+    ranks = Ranks(group, run.device)
+    rows, seconds = _fit(run, cfg, state, state_path, log, progress, ranks)
+    result = error = None
+    if ranks.main:
+        try:
+            result = _finish(run, cfg, labels, paths, state_path, force or state is not None, rows, seconds)
+        except Exception as e:  # noqa: BLE001  (the other ranks wait for it)
+            error = e
+    return ranks.share(result, error, "writing the outputs")
+
+
+def _finish(run: _Run, cfg: TrainConfig, labels, paths: dict, state_path: str, force: bool, rows: list,
+            seconds: float) -> dict:
+    """Write the student, its TorchScript and the log, drop the checkpoint, evaluate, write the result."""
     model = run.model.eval().cpu()
     with atomic_output(paths["ckpt"], force) as f:
         torch.save(model.state_dict(), f)
@@ -331,72 +387,104 @@ def _train(labels, images, out_dir: str, cfg: TrainConfig, val, teacher, heldout
     return result
 
 
+def _collate(items: list):
+    """``None`` for an empty share of a batch (a batch with fewer items than ranks), else the default."""
+    return default_collate(items) if items else None
+
+
+def _next_share(batches, empty: tuple) -> tuple:
+    """``(x, y, error)``: this rank's next share, or an empty one and what went wrong reading it."""
+    try:
+        got = next(batches)
+    except Exception as e:  # noqa: BLE001  (Ranks.agree stops every rank with it)
+        return (*empty, e)
+    return (*(empty if got is None else got), None)
+
+
+def _restore(run: _Run, opt, sched, state: dict, state_path: str) -> tuple[list[dict], int, float]:
+    """Model, optimizer, schedule and RNG from a checkpoint; the epochs' rows, the next epoch, the seconds spent."""
+    try:
+        run.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise SlcInputError(f"expected a checkpoint of this student to resume, got {state_path} ({e}); pass "
+                            "`force=True` without `resume=True` to start over") from None
+    torch.set_rng_state(state["rng"])
+    if run.device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["rows"], state["epoch"] + 1, float(state.get("seconds", 0.0))
+
+
 def _fit(run: _Run, cfg: TrainConfig, state: dict | None, state_path: str, log: Callable[[str], None],
-         progress) -> tuple[list[dict], float]:
+         progress, ranks: Ranks) -> tuple[list[dict], float]:
     """The training loop, checkpointing for ``--resume``; returns the per-epoch rows and the seconds spent."""
     ds, model, device, T, epochs = run.ds, run.model, run.device, run.temperature, run.epochs
     steps = epochs * math.ceil((len(ds) // ds.epochs) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    if cfg.sampling == "lpld":
-        sampler = BatchPoolSampler(ds, cfg.batch_size, cfg.seed)
-        batches: dict = {"batch_sampler": sampler}
-    else:
-        sampler = EpochSampler(ds)
-        batches = {"sampler": sampler, "batch_size": cfg.batch_size}
+    pool = BatchPoolSampler(ds, cfg.batch_size, cfg.seed) if cfg.sampling == "lpld" else None
+    # one process takes whole batches; rank r of a torchrun its slice of each
+    sampler = DistributedEpochSampler(ds, None if pool else cfg.batch_size, rank=ranks.rank, world=ranks.world,
+                                      batches=pool)
+    empty = (torch.empty(0, *run.item), torch.empty(0, ds.classes))
     rows: list[dict] = []
     first, before, per_epoch = 0, 0.0, len(ds) // ds.epochs
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise SlcInputError(f"expected a checkpoint of this student to resume, got {state_path} ({e}); pass "
-                                "`force=True` without `resume=True` to start over") from None
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        rows, first, before = state["rows"], state["epoch"] + 1, float(state.get("seconds", 0.0))
+        rows, first, before = _restore(run, opt, sched, state, state_path)
         log(f"resume: continuing after epoch {first} of {epochs} from {state_path}")
         if progress and rows:
             progress(first * per_epoch, rows[-1]["loss"], epochs * per_epoch)
-    elif os.path.exists(state_path):  # a fresh run (--force): the old checkpoint is not this run's
+    elif ranks.main and os.path.exists(state_path):  # a fresh run (--force): the old checkpoint is not this run's
         os.unlink(state_path)
     saved = first  # epochs finished and kept in the checkpoint
+    net = ranks.wrap(model, log)  # after loading: DDP starts every rank from rank 0's weights
     t_start = last_save = time.perf_counter()
     try:
         for epoch in range(first, epochs):
             sampler.set_epoch(epoch)
-            model.train()
+            net.train()
             total, seen, t0 = 0.0, 0, time.perf_counter()
-            for x, y in DataLoader(ds, num_workers=cfg.workers, **batches):
+            shares = iter(DataLoader(ds, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=_collate))
+            for _ in range(len(sampler)):
+                x, y, error = _next_share(shares, empty)
+                n = ranks.agree(error, len(x), f"reading its share of a batch in epoch {epoch + 1}")  # global batch
                 x, y = x.to(device), y.to(device)
+                # the global batch's mean loss: its sum over this share, over n; DDP averages over ranks
                 if cfg.hard:
-                    loss = F.cross_entropy(model(x), y.argmax(-1))
+                    loss = F.cross_entropy(net(x), y.argmax(-1), reduction="sum") / n
                 else:
-                    loss = F.kl_div(F.log_softmax(model(x) / T, -1), y, reduction="batchmean") * T * T
+                    loss = F.kl_div(F.log_softmax(net(x) / T, -1), y, reduction="sum") / n * T * T
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * ranks.world).backward()
                 opt.step()
                 sched.step()
-                total, seen = total + float(loss.detach()) * len(x), seen + len(x)
+                batch_loss = ranks.total(loss.detach())
+                total, seen = total + batch_loss * n, seen + n
                 if progress:
-                    progress(len(x), float(loss.detach()), epochs * per_epoch)  # (images, loss, total)
+                    progress(n, batch_loss, epochs * per_epoch)  # (images, loss, total)
             row = {"epoch": epoch, "loss": total / seen, "images_per_s": seen / (time.perf_counter() - t0),
                    "lr": sched.get_last_lr()[0]}
             rows.append(row)
             # short epochs would spend their time writing checkpoints: at most one per checkpoint_every seconds
-            if epoch + 1 < epochs and time.perf_counter() - last_save >= cfg.checkpoint_every:
-                with signals_deferred():  # a SIGTERM right after the rename must not report "no checkpoint"
-                    save_checkpoint(state_path, identity=run.identity, epoch=epoch, rows=rows,
-                                    seconds=before + time.perf_counter() - t_start, model=model, opt=opt, sched=sched,
-                                    device=device)
-                    saved, last_save = epoch + 1, time.perf_counter()
+            if ranks.decide(epoch + 1 < epochs and time.perf_counter() - last_save >= cfg.checkpoint_every):
+                error = None
+                try:
+                    with signals_deferred():  # a SIGTERM right after the rename must not report "no checkpoint"
+                        if ranks.main:
+                            save_checkpoint(state_path, identity=run.identity, epoch=epoch, rows=rows,
+                                            seconds=before + time.perf_counter() - t_start, model=model, opt=opt,
+                                            sched=sched, device=device)
+                        saved, last_save = epoch + 1, time.perf_counter()
+                except Exception as e:  # noqa: BLE001  (the other ranks stop too)
+                    error = e
+                settle(ranks.group, error, f"saving the checkpoint after epoch {epoch + 1}")
             log(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, {row['images_per_s']:.0f} images/s, "
                 f"lr {row['lr']:.3g}")
     except KeyboardInterrupt as e:
         e.slc_hint = (f"{saved} of {epochs} epochs are done and kept in {state_path}; rerun the same command with "
                       "`resume=True` to continue" if saved else "no epoch finished, so no checkpoint was written")
         raise
+    finally:
+        ranks.unwrap(model)
     return rows, before + time.perf_counter() - t_start
