@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import run_slc, synthetic_logits
-from tests.test_encode import SMALL, SUBSET, Tiny, script
+from tests.test_encode import SMALL, SUBSET, teacher  # noqa: F401 (a fixture)
 from tests.test_encode_lm import lm_setup  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun's workers need POSIX here")
@@ -43,12 +42,6 @@ def torchrun(n: int, *args, check: bool = True, timeout: float = 600) -> subproc
     if check and p.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(map(str, args))} failed:\n{p.stderr.decode()[-3000:]}")
     return p
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    return script(Tiny(), tmp_path_factory.mktemp("t") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
