@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,24 @@ def test_part_info_round_trips():
         PartInfo.parse(bad, t)
     with pytest.raises(SlcFormatError, match="a 'part' section of at most"):
         PartInfo.parse(b" " * (2 << 20), t)
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_golden_v1_6_parts_join_into_the_pinned_file(tmp_path):
+    """Pinned bytes of format 1.6 (tests/golden/make_golden.py v1.6): a hybrid in two parts, and the file they make."""
+    ranges = []
+    for i in range(2):
+        path = GOLDEN / f"v1.6-part-{i}.slc"
+        with pytest.raises(SlcFormatError, match="expected a whole .slc file, got a part"):
+            SlcFile(path)
+        with SlcFile(path, part=True) as f:
+            f.verify()
+            assert f.layout.minor == 6 and set(f.part.state) == {"encoder.weight", "encoder.bias"}
+            ranges.append((f.part.first, f.part.stop, f.part.of, f.part.minor))
+    assert ranges == [(0, 1, 3, 5), (1, 3, 3, 5)]
+    slc.merge([GOLDEN / "v1.6-part-1.slc", GOLDEN / "v1.6-part-0.slc"], tmp_path / "m.slc")
+    assert (tmp_path / "m.slc").read_bytes() == (GOLDEN / "v1.6-whole.slc").read_bytes()
+    with slc.open_slc(tmp_path / "m.slc") as f:
+        assert f.layout.minor == 5 and f.header.epochs_per_chunk == 2

@@ -8,6 +8,7 @@
     python tests/golden/make_golden.py v1.4    # the hybrid codec, both forms, from the v1.0 logits
     python tests/golden/make_golden.py v1.5    # chunks that span epochs (5 epochs of 7 labels, 2 a chunk)
     python tests/golden/make_golden.py v1.5-pca    # the hybrid with a PCA rest, from the v1.0 logits
+    python tests/golden/make_golden.py v1.6    # two part files of the v1.5 hybrid and the file they join into
 
 Writes ``v1.0-topk.input.npy`` (the logits), ``v1.0-topk.slc`` and ``v1.0-topk.expected.npy``
 (the decoded probabilities, float32, shape (E, N, C)). Only rerun on a deliberate format change:
@@ -137,6 +138,19 @@ def make_v1_5_pca() -> None:
     print(f"wrote {out}")
 
 
+def make_v1_6() -> None:
+    """The v1.5 hybrid file written as parts 0/2 and 1/2 (its VQAE encoder in ``state.*``), and written whole."""
+    from slc.format.parts import PartSpec
+
+    logits = np.load(HERE / "v1.5-expected.npz")["input"]
+    kw = dict(codec="hybrid", options={"top": 1, "m": 2, "codes": 16}, fit_config={"steps": 50}, source="logits",
+              temperature=2.0, chunk_size=16, force=True)
+    slc.compress(logits, str(HERE / "v1.6-whole.slc"), **kw)
+    for i in range(2):
+        slc.compress(logits, str(HERE / f"v1.6-part-{i}.slc"), part=PartSpec.share_of(f"{i}/2"), **kw)
+    print("wrote 3 v1.6 files")
+
+
 def make_v1_3() -> None:
     """Token labels over 300 words (2-byte ranks), 40 tokens in 3 sequences, chunks of 16."""
     rng = np.random.default_rng(20261129)
@@ -176,5 +190,5 @@ if __name__ == "__main__":
 
     makers = {"v1.0": make_v1_0, "v1.1": make_v1_1, "v1.2": make_v1_2, "v1.3": make_v1_3, "v1.3-capped": make_v1_3_capped,
               "v1.4": make_v1_4, "v1.5": make_v1_5,
-              "v1.5-pca": make_v1_5_pca}
+              "v1.5-pca": make_v1_5_pca, "v1.6": make_v1_6}
     makers[sys.argv[1] if len(sys.argv) > 1 else "v1.3"]()
