@@ -292,8 +292,8 @@ def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: b
     if group.main:
         try:
             fitted = fit_shared(job, folder, codec_path, force=force, resume=resume, fit_progress=fit_progress)
-        except SlcError as e:
-            err = str(e)
+        except Exception as e:
+            err = distributed.message(e)
             raise
         finally:
             group.broadcast(err)
@@ -313,15 +313,15 @@ def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: b
     size, err = 0, None
     if group.main:
         try:
-            total = len(job.tiling)
-            paths = [os.path.join(folder, f"part-{r:05d}-of-{group.world:05d}.slc") for r in range(group.world)
-                     if distributed.split(total, group.world, r)[0] < distributed.split(total, group.world, r)[1]]
+            shares = [distributed.split(len(job.tiling), group.world, r) for r in range(group.world)]
+            paths = [os.path.join(folder, f"part-{r:05d}-of-{group.world:05d}.slc")
+                     for r, (a, b) in enumerate(shares) if a < b]
             t0 = time.perf_counter()
             size = merge(paths, job.out, force=force)
-            job.log(f"merge: {group.world} parts joined into {job.out} in {time.perf_counter() - t0:.1f} s")
+            job.log(f"merge: {len(paths)} parts joined into {job.out} in {time.perf_counter() - t0:.1f} s")
             shutil.rmtree(folder, ignore_errors=True)
-        except SlcError as e:
-            err = str(e)
+        except Exception as e:  # the others wait for word of the merge: tell them, then fail here too
+            err = distributed.message(e)
     size, err = group.broadcast((size, err))
     if err is not None:
         raise SlcError(f"rank 0 failed to join the parts: {err}")

@@ -142,6 +142,17 @@ def split(total: int, world: int, rank: int) -> tuple[int, int]:
     return total * rank // world, total * (rank + 1) // world
 
 
+def message(e: BaseException) -> str:
+    """An exception as the one line the CLI would print, to tell the other ranks why this one stopped."""
+    if isinstance(e, SlcError):
+        text = str(e)
+    elif isinstance(e, OSError):
+        text = f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return " ".join(text.split())
+
+
 def check_all(results: list, what: str) -> None:
     """Raise one line naming the first rank that failed (``results[r]``: ``None`` or its error message)."""
     for r, err in enumerate(results):
@@ -149,4 +160,4 @@ def check_all(results: list, what: str) -> None:
             raise SlcError(f"rank {r} failed {what}: {err}")
 
 
-__all__ = ["Group", "group", "env_world", "local_device", "split", "check_all"]
+__all__ = ["Group", "group", "env_world", "local_device", "split", "message", "check_all"]

@@ -16,19 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from slc.distributed import Group, check_all, timeout
-from slc.errors import SlcError, SlcInputError
-
-
-def message(e: BaseException) -> str:
-    """An exception as one line, as the CLI would print it."""
-    if isinstance(e, SlcError):
-        text = str(e)
-    elif isinstance(e, OSError):
-        text = f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
-    else:
-        text = f"{type(e).__name__}: {e}"
-    return " ".join(text.split())
+from slc.distributed import Group, check_all, message, timeout
+from slc.errors import SlcInputError
 
 
 def settle(group: Group | None, error: Exception | None, what: str, fact=None) -> list:
