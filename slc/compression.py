@@ -240,6 +240,9 @@ def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, 
         w.min_minor = file_minor(job, enc, [s.name for s in w.sections])
         seconds = 0.0
         if first_chunk + done < stop_chunk:
+            # a part reads no block past its last chunk: for a teacher, that block is a chunk of wasted work
+            at = len(first) if first else job.tiling.source_block(first_chunk + done)
+            blocks = itertools.islice(blocks, max(0, job.tiling.source_block(stop_chunk) - at))
             seconds = write_chunks(job, enc, kind, itertools.chain(first, ((e, s, b, None) for e, s, b in blocks)), w,
                                    target, first_chunk + done, progress)
         w.end_chunks()
@@ -355,6 +358,9 @@ def fit_shared(job: Job, folder: str, codec_path: str, *, force: bool, resume: b
 
 def fit_here(job: Job, fit_progress: Callable | None) -> Fitted:
     """Stages 3-5: sniff, plan and fit, keeping the blocks read on the way for the write."""
+    if job.chunk_range[0] > 0 and job.opts.source != "auto" and not (job.preset.needs_fit or job.token_level):
+        enc, plan = plan_and_fit(job, job.opts.source, None, fit_progress)  # a later part reads nothing to plan
+        return Fitted(enc, job.opts.source, plan)
     kind, first, blocks, head = sniff(job)
     enc, plan = plan_and_fit(job, kind, head, fit_progress)
     return Fitted(enc, kind, plan, first, blocks)

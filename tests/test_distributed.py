@@ -224,3 +224,28 @@ def test_a_full_disk_mid_run_keeps_the_parts_and_resume_is_byte_identical(tmp_pa
     assert "part-00000-of-00002.slc.partial" in left and not (tmp_path / "k.slc").exists()
     torchrun(2, *args, "--resume")
     assert (tmp_path / "k.slc").read_bytes() == (tmp_path / "one.slc").read_bytes()
+
+
+def test_a_part_runs_the_teacher_on_its_own_chunks_only(tmp_path):
+    """No chunk of teacher work past a part's last chunk, and none before its first for a codec without a fit."""
+    import torch
+
+    import slc
+    from slc.format.parts import PartSpec
+
+    seen: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 10)
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.fc(x.mean((2, 3)))
+
+    for i in range(2):
+        seen.clear()
+        slc.encode(Counting(), SUBSET, tmp_path / f"p{i}.slc", epochs=4, batch_size=50, size=32, codec="fp16",
+                   chunk_size=500, epochs_per_chunk=1, part=PartSpec.share_of(f"{i}/2"))
+        assert sum(seen) - seen[0] == 1000  # the first call is the 2-crop probe of the output width
