@@ -141,6 +141,11 @@ class Job:
         return (0, len(self.tiling)) if self.part is None else self.part.chunks(self.tiling)
 
     @property
+    def labels(self) -> tuple[int, int]:
+        """The labels (``epoch * samples + sample``) this job writes: all of them, or its part's."""
+        return label_range(self.tiling, *self.chunk_range)
+
+    @property
     def zstd(self) -> bool:
         """Whether chunks are zstd-coded: as asked, else the codec's default."""
         return self.preset.cls.default_zstd if self.opts.zstd is None else self.opts.zstd
@@ -207,7 +212,7 @@ class Fitted:
     plan: Plan
     first: list = field(default_factory=list)  # blocks the fit already read
     blocks: Iterator | None = None  # the block iterator after them (None: start at the job's first chunk)
-    setup: dict[str, bytes] | None = None  # a codec file's sections: its header's codec fields and tensors are kept
+    setup: list | None = None  # from a codec file: the sections before the chunks, with its codec's fields and tensors
 
 
 def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, fit_progress: Callable | None = None,
@@ -218,14 +223,14 @@ def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, 
     """
     first_chunk, stop_chunk = job.chunk_range
     if job.part is not None:
-        rows = label_range(job.tiling, first_chunk, stop_chunk)
-        job.src.work_on(rows[1] - rows[0])
+        job.src.work_on(job.labels[1] - job.labels[0])
     target = ResumableOutput(job.out, request(job, resume), force=force, resume=resume, log=job.log)
     with target:
         if target.resumed:
             enc, kind, plan, done = rebuild(job, target)
             first: list = []
             w = target.open()
+            w.min_minor = file_minor(job, enc, [s.name for s in w.sections])
             if progress and done:
                 labels_done = sum(e.count for e in target.resumed.entries)
                 progress(labels_done, w.position, labels_done * job.src.shape[2] * 2)
@@ -237,7 +242,6 @@ def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, 
             if first_chunk > 0 or blocks is None:  # a part fits on the whole file's sample, then reads its own chunks
                 first, blocks = [], job.src.blocks(job.opts.chunk_size, job.tiling.source_block(first_chunk))
             w, done = begin(job, enc, kind, plan, target, fitted.setup), 0
-        w.min_minor = file_minor(job, enc, [s.name for s in w.sections])
         seconds = 0.0
         if first_chunk + done < stop_chunk:
             # a part reads no block past its last chunk: for a teacher, that block is a chunk of wasted work
@@ -246,21 +250,25 @@ def write(job: Job, *, force: bool, resume: bool, fitted: Fitted | None = None, 
             seconds = write_chunks(job, enc, kind, itertools.chain(first, ((e, s, b, None) for e, s, b in blocks)), w,
                                    target, first_chunk + done, progress)
         w.end_chunks()
-        rows = label_range(job.tiling, first_chunk, stop_chunk)
         for name, (size, parts) in job.extras.after.items():
-            w.add_section_stream(name, after_part(job, size, parts, rows), required=False)
+            w.add_section_stream(name, after_part(job, size, parts), required=False)
         size = w.finish()
         target.commit(force)
     if progress:  # the whole file now: the ratio the bar ends on is the one reported and inspected
         progress(0, size, job.dense)
+    return result(job, size, Fitted(enc, kind, plan), seconds,
+                  "" if job.part is None else PartInfo(first_chunk, stop_chunk, len(job.tiling), 0).describe())
+
+
+def result(job: Job, size: int, fitted: Fitted, seconds: float, part: str = "") -> CompressResult:
+    enc = fitted.codec
     e, n, _ = job.src.shape
-    return CompressResult(job.out, size, job.dense, plan, kind,
+    return CompressResult(job.out, size, job.dense, fitted.plan, fitted.kind,
                           {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
-                          job.opts.temperature, seconds, e * n,
-                          "" if job.part is None else PartInfo(first_chunk, stop_chunk, len(job.tiling), 0).describe())
+                          job.opts.temperature, seconds, e * n, part)
 
 
-def after_part(job: Job, size: int, parts: Callable, rows: tuple[int, int]):
+def after_part(job: Job, size: int, parts: Callable):
     """A section after the chunks, or in a part the records of its labels (those sections hold one per label)."""
     if job.part is None:
         return parts()
@@ -269,13 +277,17 @@ def after_part(job: Job, size: int, parts: Callable, rows: tuple[int, int]):
         raise SlcInputError(f"expected sections after the chunks with one record per label in a part, got {size:,} "
                             f"bytes for {labels:,} labels")
     per = size // labels
-    return byte_slice(parts(), rows[0] * per, rows[1] * per)
+    return byte_slice(parts(), job.labels[0] * per, job.labels[1] * per)
 
 
 # ---------------------------------------------------------------- scale-out
 def parts_folder(out: str) -> str:
     """Where a ``torchrun`` job keeps the fitted codec and each rank's part until they are joined."""
     return out + ".parts"
+
+
+def part_path(folder: str, rank: int, world: int) -> str:
+    return os.path.join(folder, f"part-{rank:05d}-of-{world:05d}.slc")
 
 
 def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: bool, fit_progress: Callable | None,
@@ -287,7 +299,6 @@ def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: b
     """
     folder = parts_folder(job.out)
     codec_path = os.path.join(folder, "codec.slc")
-    part_path = os.path.join(folder, f"part-{group.rank:05d}-of-{group.world:05d}.slc")
     if not group.main:
         job.log = lambda line: None
         fit_progress = progress = None
@@ -302,13 +313,14 @@ def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: b
             group.broadcast(err)
     elif (err := group.broadcast()) is not None:
         raise SlcError(f"rank 0 failed to fit the codec: {err}")
-    first, stop = distributed.split(len(job.tiling), group.world, group.rank)
-    part_job = replace(job, out=part_path, part=PartSpec(share=(group.rank, group.world)))
+    part_job = replace(job, out=part_path(folder, group.rank, group.world),
+                       part=PartSpec(share=(group.rank, group.world)))
+    first, stop = part_job.chunk_range
     if fitted is None:
         fitted = load_codec(part_job, codec_path)
     # A rank that fails here exits at once with its error: torchrun then stops the others (SIGTERM), which
     # keep their finished chunks, and `--resume` goes on from every rank's last one.
-    if first < stop and not (resume and os.path.exists(part_path)):  # a finished part is checked at the merge
+    if first < stop and not (resume and os.path.exists(part_job.out)):  # a finished part is checked at the merge
         write(part_job, force=True, resume=resume, fitted=fitted, progress=progress)
     job.log(f"rank 0: chunks {first}..{stop - 1} of {len(job.tiling)} written; waiting for the other "
             f"{group.world - 1} rank(s)")
@@ -316,9 +328,8 @@ def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: b
     size, err = 0, None
     if group.main:
         try:
-            shares = [distributed.split(len(job.tiling), group.world, r) for r in range(group.world)]
-            paths = [os.path.join(folder, f"part-{r:05d}-of-{group.world:05d}.slc")
-                     for r, (a, b) in enumerate(shares) if a < b]
+            shares = [PartSpec(share=(r, group.world)).chunks(job.tiling) for r in range(group.world)]
+            paths = [part_path(folder, r, group.world) for r, (a, b) in enumerate(shares) if a < b]
             t0 = time.perf_counter()
             size = merge(paths, job.out, force=force)
             job.log(f"merge: {len(paths)} parts joined into {job.out} in {time.perf_counter() - t0:.1f} s")
@@ -330,11 +341,7 @@ def compress_ranks(job: Job, group: distributed.Group, *, force: bool, resume: b
         raise SlcError(f"rank 0 failed to join the parts: {err}")
     if progress:
         progress(0, size, job.dense)
-    enc, kind, plan = fitted.codec, fitted.kind, fitted.plan
-    e, n, _ = job.src.shape
-    return CompressResult(job.out, size, job.dense, plan, kind,
-                          {**getattr(enc, "fit_info", {}), "seconds": enc.fit_seconds}, enc.name,
-                          job.opts.temperature, 0.0, e * n)
+    return result(job, size, fitted, 0.0)
 
 
 def fit_shared(job: Job, folder: str, codec_path: str, *, force: bool, resume: bool,
@@ -377,8 +384,8 @@ def load_codec(job: Job, path: str) -> Fitted:
         setup = setup_bytes(OpenPart(path, f, f.part))
         enc = codec_from_sections(f.header, setup, read_state(f, f.part), job.src.shape[2])
         kind = f.header.source
-    adopt_codec(setup_sections(job, enc, kind), setup, path)  # refuses a codec of another run now, not at merge
-    return Fitted(enc, kind, Plan(enc.name, enc.params(), 0, job.dense, [f"the codec of {path}"]), setup=setup)
+    adopted = adopt_codec(setup_sections(job, enc, kind), setup, path)  # a codec of another run fails now
+    return Fitted(enc, kind, Plan(enc.name, enc.params(), 0, job.dense, [f"the codec of {path}"]), setup=adopted)
 
 
 # ---------------------------------------------------------------- 1. open
@@ -656,12 +663,12 @@ def file_minor(job: Job, enc: Codec, names) -> int:
 
 
 def begin(job: Job, enc: Codec, kind: Kind, plan: Plan, target: ResumableOutput,
-          codec_setup: dict[str, bytes] | None = None) -> ContainerWriter:
+          setup: list | None = None) -> ContainerWriter:
     """Header, tensors and the sections before the chunks; durable before the first chunk.
 
     A part adds its ``part`` section and the codec's encoder arrays (``state.<name>``) last, so that
-    leaving them out gives the whole file's sections in the whole file's order. ``codec_setup``: the
-    sections of the codec file the codec came from, whose codec header fields and tensors are written as they are.
+    leaving them out gives the whole file's sections in the whole file's order. ``setup``: those sections
+    as :func:`load_codec` adopted them from a codec file (its codec's header fields and tensors, as they are).
     """
     opts = job.opts
     if opts.chunk_size * enc.work_per_label() > MAX_CHUNK_ELEMENTS:
@@ -669,13 +676,9 @@ def begin(job: Job, enc: Codec, kind: Kind, plan: Plan, target: ResumableOutput,
                             f"got {opts.chunk_size}")
     job.opts = replace(opts, zstd=enc.default_zstd if opts.zstd is None else opts.zstd)
     if not job.opts.zstd:  # a week-long run should not find out at the end (zstd sizes are not known ahead)
-        first, stop = job.chunk_range
-        share = label_range(job.tiling, first, stop)
-        check_space(job.out, plan.bytes if job.part is None else
-                    math.ceil(plan.bytes * (share[1] - share[0]) / (job.src.shape[0] * job.src.shape[1])))
-    setup = setup_sections(job, enc, kind)
-    if codec_setup is not None:
-        setup = adopt_codec(setup, codec_setup, job.codec_from or "the codec file")
+        a, b = job.labels
+        check_space(job.out, -(-plan.bytes * (b - a) // (job.src.shape[0] * job.src.shape[1])))  # a part: its share
+    setup = setup or setup_sections(job, enc, kind)
     w = target.open()
     for name, data, required in setup:
         w.add_section(name, data, required=required)
@@ -702,8 +705,7 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
 
         compressor = zstandard.ZstdCompressor(level=enc.zstd_level)
     seconds = 0.0
-    first_label = label_range(tiling, job.chunk_range[0], job.chunk_range[0])[0]
-    stop = job.chunk_range[1]
+    first_label, stop = job.labels[0], job.chunk_range[1]
     parts, rows, i = [], 0, done  # the blocks of chunk i so far (chunks that span epochs take several)
     for e, s, block, lp in blocks:
         if i >= stop:

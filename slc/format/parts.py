@@ -50,7 +50,8 @@ class PartInfo:
         return "a codec file (no chunks)" if self.codec_only else f"chunks {self.first}..{self.stop - 1} of {self.of}"
 
     def to_bytes(self) -> bytes:
-        return header_bytes({"chunks": [self.first, self.stop], "of": self.of, "minor": self.minor, "state": self.state})
+        return header_bytes({"chunks": [self.first, self.stop], "of": self.of, "minor": self.minor,
+                             "state": self.state})
 
     @classmethod
     def parse(cls, data: bytes, tiling: Tiling) -> "PartInfo":
@@ -85,20 +86,14 @@ class PartSpec:
 
     @classmethod
     def share_of(cls, text: str) -> "PartSpec":
-        try:
-            i, n = (int(v) for v in text.split("/"))
-        except ValueError:
-            raise SlcInputError(f"expected a part as I/N (0 <= I < N), got {text!r}") from None
+        i, n = _pair(text, "/", "a part as I/N (0 <= I < N)")
         if not 0 <= i < n:
             raise SlcInputError(f"expected a part as I/N with 0 <= I < N, got {text!r}")
         return cls(share=(i, n))
 
     @classmethod
     def epoch_range(cls, text: str) -> "PartSpec":
-        try:
-            a, b = (int(v) for v in text.split(":"))
-        except ValueError:
-            raise SlcInputError(f"expected an epoch range as A:B (epochs A .. B-1), got {text!r}") from None
+        a, b = _pair(text, ":", "an epoch range as A:B (epochs A .. B-1)")
         if not 0 <= a < b:
             raise SlcInputError(f"expected an epoch range A:B with 0 <= A < B, got {text!r}")
         return cls(epochs=(a, b))
@@ -124,6 +119,14 @@ class PartSpec:
     def to_json(self) -> dict:
         return {"share": list(self.share) if self.share else None, "epochs": list(self.epochs) if self.epochs else None,
                 "codec_only": self.codec_only}
+
+
+def _pair(text: str, sep: str, form: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(sep))
+    except ValueError:
+        raise SlcInputError(f"expected {form}, got {text!r}") from None
+    return a, b
 
 
 def label_range(tiling: Tiling, first: int, stop: int) -> tuple[int, int]:
@@ -186,7 +189,10 @@ def _first_key(a: dict, b: dict, prefix: str = "") -> tuple[str, object, object]
 CODEC_FIELDS = ("codec", "codec_params", "tensors")
 
 
-def adopt_codec(setup: list[tuple[str, bytes, bool]], codec: dict[str, bytes], path: str) -> list[tuple[str, bytes, bool]]:
+Sections = list[tuple[str, bytes, bool]]  # (name, body, required), in file order
+
+
+def adopt_codec(setup: Sections, codec: dict[str, bytes], path: str) -> Sections:
     """A job's sections before the chunks with the codec of a codec or part file (``codec``: its sections):
     its header's codec fields and its tensors, as they are. Anything else that differs is refused."""
     mine = {name: data for name, data, _ in setup}
