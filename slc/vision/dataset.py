@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from slc.vision.augment import BOX_DTYPE, Recipe, apply_mix, crop_boxes, epoch_order, mix_for, render
 from slc.errors import SlcFormatError, SlcInputError, expect
@@ -280,34 +280,26 @@ class DistributedEpochSampler(Sampler[list[int]]):
         self.world = here[1] if world is None else world
         if not 0 <= self.rank < self.world:
             raise SlcInputError(f"expected 0 <= rank < world, got rank {self.rank} of {self.world}")
-        self.epochs = dataset.epochs
-        self.n = len(dataset) // self.epochs
-        self.batch_size, self.batches = batch_size, batches
+        if batches is None:  # one process's batches: EpochSampler's order, cut into runs of batch_size
+            batches = BatchSampler(EpochSampler(dataset, epoch), batch_size, drop_last=False)
+        self.batches = batches
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if self.batches is not None and hasattr(self.batches, "set_epoch"):
-            self.batches.set_epoch(epoch)
-
-    def global_batches(self) -> Iterator[list[int]]:
-        """The batches all ranks share out, each whole."""
-        if self.batches is not None:
-            yield from self.batches
-            return
-        first = self.epoch % self.epochs * self.n
-        for a in range(0, self.n, self.batch_size):
-            yield list(range(first + a, first + min(self.n, a + self.batch_size)))
+        inner = getattr(self.batches, "sampler", self.batches)  # a BatchSampler's EpochSampler
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         from slc.distributed import split
 
-        for batch in self.global_batches():
+        for batch in self.batches:
             lo, hi = split(len(batch), self.world, self.rank)
             yield list(batch[lo:hi])
 
     def __len__(self) -> int:
-        return len(self.batches) if self.batches is not None else -(-self.n // self.batch_size)
+        return len(self.batches)
 
 
 class _StoredBoxes:
