@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from slc.cli.common import (Reporter, codec_options, compress_options, console, handle_errors, human_bytes, wrote, alone,
-                            part_options, part_spec)
+from slc.cli.common import (Reporter, alone, codec_options, compress_options, console, handle_errors, human_bytes,
+                            part_options, part_spec, wrote)
 
 
 @click.command()
