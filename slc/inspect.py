@@ -45,8 +45,9 @@ def breakdown(f: SlcFile) -> dict:
         boxes = f.layout.sections.get(BOXES)
         replay = {"recipe": info.recipe.to_json(), "images": info.images, "digest": info.digest,
                   "source": info.source, "box_bytes_per_label": boxes.length / labels if boxes else 0.0}
+    imported = h.user.get("import") if isinstance(h.user.get("import"), dict) else None
     return {
-        "replay": replay, "tokens": token_summary(f),
+        "replay": replay, "tokens": token_summary(f), "imported": imported,
         "path": f.path, "format_version": f"{f.layout.major}.{f.layout.minor}", "writer": h.writer,
         "codec": h.codec, "codec_params": _without_fit(h.codec_params),
         "keeps_top1": codec_class(h.codec).keeps_top1,

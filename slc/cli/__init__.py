@@ -11,6 +11,7 @@ import click
 
 from slc import __version__
 from slc.cli.bench import bench, demo
+from slc.cli.interop import import_
 from slc.cli.labels import compress, decode, inspect, merge, verify
 from slc.cli.lm import encode_lm
 from slc.cli.vision import encode, train_student
@@ -22,7 +23,7 @@ def cli():
     """slc: compress teacher soft labels for dataset distillation and offline KD."""
 
 
-for command in (compress, encode, encode_lm, merge, train_student, decode, inspect, verify, bench, demo):
+for command in (compress, import_, encode, encode_lm, merge, train_student, decode, inspect, verify, bench, demo):
     cli.add_command(command)
 
 

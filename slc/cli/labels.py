@@ -192,7 +192,20 @@ def summary(file: str, info: dict) -> str:
     lines.append("top-1: every label's most probable class is stored exactly (100% agreement by construction)"
                  if info["keeps_top1"] else "top-1: not stored apart from the rest; `slc inspect --against LABELS` measures "
                  "the agreement")
-    if info["replay"]:
+    imp = info.get("imported")
+    if imp:
+        found = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in imp.items()
+                          if k not in ("format", "bytes") and v is not None)
+        before = imp.get("bytes")
+        size = (f"; {before:,} bytes on disk before, {info['bytes']:,} after ({before / info['bytes']:.1f}x smaller)"
+                if isinstance(before, int) and before else "")
+        lines.append(f"imported from {imp.get('format')}: {found}{size}")
+    if info["replay"] and info["replay"]["recipe"]["order"] == "stored":
+        rp, r = info["replay"], info["replay"]["recipe"]
+        mix = f", {r['mix']} per batch of {r['mix_group']}" if r["mix"] != "none" else ""
+        lines.append(f"crops: {rp['images']} images ({rp['source']}), imported: every label's image, box and flip"
+                     f"{' and mix' if mix else ''} stored ({r['size']}px{mix})")
+    elif info["replay"]:
         rp, r = info["replay"], info["replay"]["recipe"]
         how = (f"stored boxes, {rp['box_bytes_per_label']:.0f} B/label" if r["boxes"] == "stored"
                else "recomputed from the seed, 0 B/label")

@@ -34,7 +34,7 @@ class Recipe:
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3  # what the teacher takes; greyscale images are repeated
     invert: bool = False  # 255 - pixel first (e.g. Fashion-MNIST for an ImageNet teacher)
-    order: str = "shuffle"  # "shuffle": a seeded permutation per epoch; "sequential"
+    order: str = "shuffle"  # "shuffle": a seeded permutation per epoch; "sequential"; "stored": crops.order (1.7)
     mix: str = "none"  # "none", "mixup" or "cutmix" with lambda ~ U(0, 1) = Beta(1, 1), per mix group
     mix_group: int = 0  # positions per mix group (the relabel batch size); 0 when mix is "none"
     boxes: str = "replay"  # "replay": recomputed from the seed; "stored": a crops.boxes section
@@ -55,8 +55,10 @@ class Recipe:
         if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
             raise SlcInputError(f"expected {self.channels} mean and {self.channels} positive std values, got "
                                 f"mean {list(self.mean)}, std {list(self.std)}")
-        if self.order not in ("shuffle", "sequential"):
-            raise SlcInputError(f"expected order 'shuffle' or 'sequential', got {self.order!r}")
+        if self.order not in ("shuffle", "sequential", "stored"):
+            raise SlcInputError(f"expected order 'shuffle', 'sequential' or 'stored', got {self.order!r}")
+        if self.order == "stored" and self.boxes != "stored":
+            raise SlcInputError(f"expected boxes 'stored' with order 'stored' (imported crops), got {self.boxes!r}")
         if self.mix not in ("none", "mixup", "cutmix"):
             raise SlcInputError(f"expected mix 'none', 'mixup' or 'cutmix', got {self.mix!r}")
         if (self.mix == "none") != (self.mix_group == 0) or self.mix_group < 0:

@@ -4,7 +4,8 @@ bodies of the small ones that are not a codec's tensors (``epochs.map``, ``token
 Required sections: ``header`` (JSON), ``index`` (48 bytes per chunk), ``chunks``, and in a pruned
 file ``epochs.map`` (u32 per stored epoch: the recipe epoch it was relabelled in, strictly
 increasing). A codec's tensors are required sections named after the codec (``vqae.decoder``).
-Optional: ``replay``, ``images.fp``, ``crops.boxes`` (crop replay, see :mod:`slc.vision.replay`),
+Optional: ``replay``, ``images.fp``, ``crops.boxes``, and for imported crops ``crops.order`` and
+``crops.mix`` (crop replay, see :mod:`slc.vision.replay`),
 and in a token file (one epoch whose samples are the tokens of all sequences, concatenated):
 
 - ``tokens.seq``: ``S + 1`` little-endian u64 offsets, 0 first, strictly increasing, the token
@@ -21,13 +22,19 @@ from slc.errors import SlcFormatError, SlcInputError, expect
 HEADER, INDEX, CHUNKS = "header", "index", "chunks"
 EPOCHS_MAP = "epochs.map"
 REPLAY, FINGERPRINTS, BOXES = "replay", "images.fp", "crops.boxes"
+ORDER, MIX = "crops.order", "crops.mix"  # imported crops (1.7): the image and the mix of every label, as stored
 TOKENS_SEQ, TOKENS_IDS = "tokens.seq", "tokens.ids"
 # the minor version that introduced each section; a writer marks a file with the lowest that fits
 SINCE_MINOR = {HEADER: 0, INDEX: 0, CHUNKS: 0, REPLAY: 1, FINGERPRINTS: 1, BOXES: 1, EPOCHS_MAP: 2,
-               TOKENS_SEQ: 3, TOKENS_IDS: 3, "part": 6}
+               TOKENS_SEQ: 3, TOKENS_IDS: 3, "part": 6, ORDER: 7, MIX: 7}
 
 BOX_DTYPE = np.dtype([("y", "<u2"), ("x", "<u2"), ("h", "<u2"), ("w", "<u2"), ("flip", "u1"), ("pad", "u1")])
 assert BOX_DTYPE.itemsize == 10  # crops.boxes: one record per label, in label order
+# crops.mix: one record per label, in label order: mixed with the crop at position `partner` of the same
+# epoch, with weight `lam` (mixup) or the partner's pixels in rows [y0, y1) and columns [x0, x1) (cutmix)
+MIX_DTYPE = np.dtype([("lam", "<f8"), ("partner", "<u4"), ("y0", "<u2"), ("x0", "<u2"), ("y1", "<u2"), ("x1", "<u2")])
+assert MIX_DTYPE.itemsize == 20
+ORDER_DTYPE = np.dtype("<u4")  # crops.order: the image index of every label, in label order
 MAP_DTYPE = np.dtype("<u4")
 SEQ_DTYPE = np.dtype("<u8")
 IDS_DTYPE = np.dtype("<u4")

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
-from slc.vision.augment import BOX_DTYPE, Recipe, apply_mix, crop_boxes, epoch_order, mix_for, render
+from slc.vision.augment import BOX_DTYPE, Mix, Recipe, apply_mix, crop_boxes, epoch_order, mix_for, render
 from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.vision.images import ImageSet, open_images
-from slc.format.sections import BOXES, FINGERPRINTS, REPLAY
+from slc.format.sections import BOXES, FINGERPRINTS, MIX, MIX_DTYPE, ORDER, ORDER_DTYPE, REPLAY
 from slc.format.replay import ReplayInfo
 
 
@@ -43,15 +43,16 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, images: ImageSet, recipe: Recipe, epochs: int, boxes=None, size: int | None = None,
-                 epoch_ids: np.ndarray | None = None):
+                 epoch_ids: np.ndarray | None = None, stored: "_StoredCrops | None" = None):
         big = images.sizes.max(initial=0)
         if big > 65535:
             raise SlcInputError(f"expected images at most 65535 pixels on a side, got {big}")
         self.images, self.recipe, self.epochs = images, recipe, epochs
         self.epoch_ids = np.arange(epochs) if epoch_ids is None else np.asarray(epoch_ids)
         self.size = size  # resize the teacher's (mixed) crop to this for a student; None: as the teacher saw it
-        self.n = len(images)
-        self._boxes = boxes
+        self._stored = stored  # imported crops: order, boxes and mixes read from the file (recipe order "stored")
+        self.n = len(images) if stored is None else stored.n  # positions per epoch
+        self._boxes = boxes if stored is None else stored.boxes
         self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None  # per-process cache of one epoch
 
     def __len__(self) -> int:
@@ -66,7 +67,7 @@ class CropDataset(Dataset):
         """``(image index, crop box)`` for every position of ``epoch``."""
         if self._epoch is None or self._epoch[0] != epoch:
             r = int(self.epoch_ids[epoch])
-            order = epoch_order(self.recipe, r, self.n)
+            order = self._stored.order(epoch) if self._stored is not None else epoch_order(self.recipe, r, self.n)
             if self._boxes is not None:
                 boxes = self._boxes(epoch)
                 expect(len(boxes) == self.n, f"{self.n} stored crop boxes for epoch {epoch}", len(boxes))
@@ -92,7 +93,10 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         epoch, position = self.locate(i)
         x = self.crop(epoch, position)
-        mix = mix_for(self.recipe, int(self.epoch_ids[epoch]), position, self.n)
+        if self._stored is not None:
+            mix = self._stored.mix(epoch, position) if self.recipe.mix != "none" else None
+        else:
+            mix = mix_for(self.recipe, int(self.epoch_ids[epoch]), position, self.n)
         if mix is not None:
             x = apply_mix(x, self.crop(epoch, mix.partner), mix, self.recipe.mix)
         return resize_view(x, self.size)
@@ -129,6 +133,7 @@ class SoftLabelDataset(Dataset):
             fps = f.section(FINGERPRINTS, info.images * 16)
             stored = BOXES in f.layout.sections
             boxes_len = f.layout.sections[BOXES].length if stored else 0
+            lengths = {name: sec.length for name, sec in f.layout.sections.items()}
             self.file_temperature = f.temperature
             epoch_ids = f.epoch_ids
         self.info = info
@@ -138,14 +143,17 @@ class SoftLabelDataset(Dataset):
         check_images(imgs, info, fps)
         self.skipped = list(imgs.skipped)
         e, n, c = self.shape
-        expect(n == info.images, f"{info.images} labels per epoch (one per image)", n)
+        imported = info.recipe.order == "stored"
+        if not imported:
+            expect(n == info.images, f"{info.images} labels per epoch (one per image)", n)
         boxes = None
         if info.recipe.boxes == "stored":
             expect(stored, f"a {BOXES!r} section (the recipe says boxes are stored)", "none")
             expect(boxes_len == e * n * BOX_DTYPE.itemsize, f"{e * n * BOX_DTYPE.itemsize} bytes of crop boxes",
                    boxes_len)
             boxes = _StoredBoxes(self.path, n)
-        self.crops = CropDataset(imgs, info.recipe, e, boxes, epoch_ids=epoch_ids)
+        stored = _StoredCrops.of(self.path, info, self.shape, lengths) if imported else None
+        self.crops = CropDataset(imgs, info.recipe, e, boxes, epoch_ids=epoch_ids, stored=stored)
         self._file = None  # opened lazily in each worker process
         self._pid = -1
         self._cache: dict[int, np.ndarray] = {}
@@ -315,6 +323,54 @@ class _StoredBoxes:
         with open_slc(self.path) as f:
             data = f.section_range(BOXES, epoch * self.n * size, self.n * size)
         return np.frombuffer(data, BOX_DTYPE)
+
+
+class _StoredCrops:
+    """Imported crops (recipe order ``"stored"``): each label's image (``crops.order``) and mix (``crops.mix``)."""
+
+    def __init__(self, path: str, n: int, images: int, mixed: bool):
+        self.path, self.n, self.images, self.mixed = path, n, images, mixed
+        self.boxes = _StoredBoxes(path, n)
+        self._mix: tuple[int, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, path: str, info: ReplayInfo, shape: tuple[int, int, int], lengths: dict[str, int]) -> "_StoredCrops":
+        e, n, _ = shape
+        mixed = info.recipe.mix != "none"
+        for name, dtype, needed in ((ORDER, ORDER_DTYPE, True), (MIX, MIX_DTYPE, mixed)):
+            if needed:
+                expect(name in lengths, f"a {name!r} section (the recipe says crops are stored)", "none")
+                expect(lengths[name] == e * n * dtype.itemsize, f"{e * n * dtype.itemsize} bytes of {name}",
+                       lengths[name])
+        return cls(path, n, info.images, mixed)
+
+    def _read(self, name: str, dtype: np.dtype, epoch: int) -> np.ndarray:
+        from slc.reader import open_slc
+
+        with open_slc(self.path) as f:
+            data = f.section_range(name, epoch * self.n * dtype.itemsize, self.n * dtype.itemsize)
+        return np.frombuffer(data, dtype)
+
+    def order(self, epoch: int) -> np.ndarray:
+        order = self._read(ORDER, ORDER_DTYPE, epoch).astype(np.int64)
+        if len(order) and order.max() >= self.images:
+            p = int(np.argmax(order))
+            raise SlcFormatError(f"expected stored image indices below {self.images}, got {order[p]} at position {p} "
+                                 f"of epoch {epoch}")
+        return order
+
+    def mix(self, epoch: int, position: int) -> Mix:
+        if self._mix is None or self._mix[0] != epoch:
+            self._mix = (epoch, self._read(MIX, MIX_DTYPE, epoch))
+        r = self._mix[1][position]
+        partner = int(r["partner"])
+        if partner >= self.n or not (r["y0"] <= r["y1"] and r["x0"] <= r["x1"]) or not np.isfinite(r["lam"]):
+            raise SlcFormatError(f"expected a stored mix inside the epoch and the crop, got {r} at position {position} "
+                                 f"of epoch {epoch}")
+        return Mix(partner, float(r["lam"]), (int(r["y0"]), int(r["x0"]), int(r["y1"]), int(r["x1"])))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mix": None}
 
 
 def read_replay(f) -> ReplayInfo:

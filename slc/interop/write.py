@@ -1,0 +1,120 @@
+"""``slc import``: labels another tool wrote, and the crops behind them, into one ``.slc``.
+
+The labels go through :func:`slc.compression.compress` like any other input (every codec,
+``--ratio``, ``--resume``); the crops, when the images are given, become the replay sections
+``replay``, ``images.fp``, ``crops.order``, ``crops.boxes`` and ``crops.mix`` (recipe order
+``"stored"``), so :class:`slc.SoftLabelDataset` and ``slc train-student`` replay each label's crop
+as the original trainer would. What was found is kept in the header (``user.import``), which
+``slc inspect`` shows.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Callable
+
+import numpy as np
+
+from slc.compression import CompressOptions, CompressResult, compress
+from slc.extras import Extras
+from slc.format.replay import Recipe, ReplayInfo
+from slc.format.sections import BOXES, BOX_DTYPE, MIX, MIX_DTYPE, ORDER, ORDER_DTYPE
+from slc.interop.base import Imported
+from slc.interop.crops import CropStream, epoch_records
+from slc.vision.replay import replay_sections
+
+FORMATS = ("sre2l", "cda", "lpld", "lpqld", "hald", "fkd", "vllm", "distillkit")
+
+
+def open_import(fmt: str, src: str, *, log: Callable[[str], None] = lambda line: None, **options) -> Imported:
+    """Open ``src`` as ``fmt`` (``"auto"``: by its layout). ``options``: the format's own (``seed``, ``classes``,
+    ``temperature``, ``vocab``, ``k``...); an option a format does not take is an error."""
+    from slc.errors import SlcInputError
+    from slc.interop import detect
+
+    fmt = detect(src) if fmt == "auto" else fmt
+    options = {k: v for k, v in options.items() if v is not None}
+    if fmt in ("sre2l", "cda", "lpld", "lpqld", "hald"):
+        from slc.interop.batches import open_batches
+
+        return open_batches(src, fmt, log=log, **_only(options, fmt, "seed", "classes", "temperature", "per_epoch"))
+    if fmt == "fkd":
+        from slc.interop.fkd import open_fkd
+
+        return open_fkd(src, log=log, **_only(options, fmt, "classes"))
+    if fmt == "vllm":
+        from slc.interop.vllm import open_vllm
+
+        return open_vllm(src, log=log, **_only(options, fmt, "vocab", "k"))
+    if fmt == "distillkit":
+        from slc.interop.distillkit import open_distillkit
+
+        return open_distillkit(src, log=log, **_only(options, fmt))
+    raise SlcInputError(f"expected a format of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def _only(options: dict, fmt: str, *names: str) -> dict:
+    from slc.errors import SlcInputError
+
+    extra = sorted(set(options) - set(names))
+    if extra:
+        raise SlcInputError(f"expected options of {fmt} ({', '.join(names) or 'none'}), got {', '.join(extra)}")
+    return options
+
+
+def import_file(imported: Imported, out: str | os.PathLike, opts: CompressOptions | None = None, *,
+                images=None, size: int = 224, mean: tuple[float, ...] | None = None,
+                std: tuple[float, ...] | None = None, force: bool = False, resume: bool = False,
+                log: Callable[[str], None] = lambda line: None, **run) -> CompressResult:
+    """Write ``imported`` to ``out`` with ``opts``; ``images`` (a folder or :class:`~slc.vision.images.ImageSet`)
+    adds crop replay. ``size``, ``mean``, ``std``: the crop side and normalisation their trainer uses."""
+    opts = opts or CompressOptions()
+    T = imported.temperature if opts.temperature is None else opts.temperature
+    if opts.temperature is None:
+        log(f"temperature: T={T:g}, what {imported.format}'s reference trainer uses (-T to change)")
+    user = {**opts.user, "import": {k: v for k, v in imported.summary.items() if k != "names"}}
+    opts = CompressOptions.of(opts, source=imported.source, temperature=T, user=user)
+    extras = Extras(request={"import": imported.identity})
+    if imported.crops is not None and images is not None:
+        extras = crop_extras(imported.crops, images, size, mean, std, log)
+        extras.request["import"] = imported.identity
+    elif imported.crops is not None:
+        log("crops: not kept (give --images, the folder they were made from, to replay them in train-student)")
+    return compress(imported.labels, out, opts, extras=extras, sequences=imported.sequences,
+                    token_ids=imported.token_ids, force=force, resume=resume, log=log, **run)
+
+
+def crop_extras(stream: CropStream, images, size: int, mean, std, log: Callable[[str], None]) -> Extras:
+    """The replay sections of imported crops over ``images``."""
+    from slc.errors import SlcInputError
+    from slc.vision.images import ImageSet, open_images
+
+    imgs = images if isinstance(images, ImageSet) else open_images(images, log=log)
+    names = getattr(stream, "names", None)
+    if names is not None and [posixpath.join(posixpath.dirname(n), posixpath.basename(n).split(".")[0])
+                              for n in imgs.names] != list(names):
+        raise SlcInputError(f"expected the images the labels were made for ({len(names)}, e.g. {names[0]}), got "
+                            f"{len(imgs)} in {imgs.source}")
+    recipe = Recipe.for_channels(3, mean, std, size=size, order="stored", boxes="stored", mix=stream.mix,
+                                 mix_group=stream.batch if stream.mix != "none" else 0)
+    info = ReplayInfo(recipe, len(imgs), imgs.digest(), os.path.basename(os.path.normpath(imgs.source)), imgs.classes)
+    e, n = stream.epochs, stream.n
+    sizes = imgs.sizes
+
+    def records(which: int):
+        for epoch in range(e):
+            yield epoch_records(stream, epoch, sizes, size)[which]
+
+    after = {ORDER: (e * n * ORDER_DTYPE.itemsize, lambda: records(0)),
+             BOXES: (e * n * BOX_DTYPE.itemsize, lambda: records(1))}
+    if stream.mix != "none":
+        after[MIX] = (e * n * MIX_DTYPE.itemsize, lambda: records(2))
+    log(f"crops: {e} epochs x {n} replayed from {imgs.source} ({len(imgs)} images, {size} px, mix {stream.mix})")
+    return Extras(replay_sections(info, imgs.fingerprints), {}, after,
+                  {"images": info.digest, "recipe": recipe.to_json()})
+
+
+def first_records(stream: CropStream, images, size: int = 224) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epoch 0's ``(order, boxes, mixes)`` as arrays: what the replay sections will hold (for checks)."""
+    o, b, m = epoch_records(stream, 0, images.sizes, size)
+    return np.frombuffer(o, ORDER_DTYPE), np.frombuffer(b, BOX_DTYPE), np.frombuffer(m, MIX_DTYPE)
