@@ -238,3 +238,77 @@ def test_safe_load_refuses_code_and_reads_numpy(tmp_path):
     with pytest.raises(SlcInputError, match="b.tar"):
         load(tmp_path / "b.tar")
     pickle.dumps(0)
+
+
+# ---------------------------------------------------------------- labels back to their trainers
+def _same_batch(theirs: list, ours: list, T: float = 20.0) -> None:
+    """Crop fields identical (values and types); logits equal up to a per-row constant, which softmax(z / T) drops."""
+    assert torch.equal(theirs[0], ours[0]) and theirs[0].dtype == ours[0].dtype  # coords
+    assert torch.equal(theirs[1], ours[1])  # flips
+    assert (theirs[2] is None and ours[2] is None) or torch.equal(theirs[2], ours[2])
+    assert theirs[3] == ours[3] and type(theirs[3]) is type(ours[3])
+    assert (theirs[4] is None and ours[4] is None) or (
+        [int(v) for v in theirs[4]] == [int(v) for v in ours[4]] and [type(v) for v in theirs[4]] == [type(v) for v in ours[4]])
+    a, b = theirs[5].float(), ours[5].float()
+    np.testing.assert_allclose((a - a.max(1, keepdim=True).values).numpy(), (b - b.max(1, keepdim=True).values).numpy(),
+                               atol=1e-2)  # fp16 logits, written back in fp16
+    np.testing.assert_allclose(torch.softmax(a / T, 1).numpy(), torch.softmax(b / T, 1).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["sre2l", "lpld"])
+def test_decode_layout_sre2l_writes_their_tars_back(made, tmp_path, fmt):
+    root, images, _, out = made
+    truth, path = out[fmt]
+    dst = tmp_path / "back"
+    r = run_slc("decode", path, "--layout", "sre2l", "--images", images, "-o", dst)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(dst)) == ["epoch_0", "epoch_1", "epoch_2", "sampler_indices_epoch.json"]
+    for f in truth["files"]:
+        rel = os.path.relpath(f, root / fmt)
+        theirs, ours = torch.load(f, weights_only=False), torch.load(dst / rel, weights_only=False)
+        assert ours[5].dtype == torch.float16
+        _same_batch(theirs, ours)
+    # and it imports again, as SRe2L order (sre2l) or through the index LPLD writes (both)
+    again = tmp_path / "again.slc"
+    r = run_slc("import", "auto", dst, "--images", images, "--size", str(SIZE), "-o", again, "--codec", "fp32", "-q")
+    assert r.returncode == 0, r.stderr
+    with slc.open_slc(path) as a, slc.open_slc(again) as b:
+        np.testing.assert_allclose(a.decode(1), b.decode(1), atol=1e-4)
+    assert run_slc("decode", path, "--layout", "sre2l", "--images", images, "-o", dst).returncode == 1  # no clobber
+
+
+def test_compat_batches_are_their_loaders_batches(made):
+    """SRe2LBatches yields what their patched DataLoader yields; mixing its images as their mix_aug does gives
+    exactly the crops the labels were made on (slc's own replay)."""
+    from slc.interop.compat import SRe2LBatches
+
+    _, images, _, out = made
+    truth, path = out["sre2l"]
+    batches = SRe2LBatches(path, images)
+    ds = slc.SoftLabelDataset(path, images)
+    assert len(batches) == 3
+    for e in (0, 4):  # epoch 4 cycles to stored epoch 1
+        for b, ((x, target, flip, coords), index, lam, bbox, soft) in enumerate(batches.loader(e)):
+            theirs = torch.load(truth["files"][(e % 3) * 3 + b], weights_only=False)
+            _same_batch(theirs, [coords, flip, index, lam, bbox, soft.half()])
+            x1, y1, x2, y2 = (int(v) for v in bbox)
+            x[:, :, x1:x2, y1:y2] = x[index, :, x1:x2, y1:y2]
+            first = (e % 3) * 20 + b * 8
+            for r in range(len(x)):
+                assert torch.equal(x[r], ds[first + r][0])
+            assert target.tolist() == [int(i) * 2 // 20 for i in truth["images"][e % 3][b * 8:b * 8 + 8]]
+
+
+def test_decode_layout_of_an_encoded_file_says_which_trainer_reads_it(tmp_path):
+    """A file `slc encode` made (seeded shuffle, cutmix groups of 4) exports too; its order is not SRe2L's sampler."""
+    golden = os.path.join(os.path.dirname(__file__), "golden")
+    dst = tmp_path / "out"
+    r = run_slc("decode", os.path.join(golden, "v1.1-replay.slc"), "--layout", "sre2l", "--images",
+                os.path.join(golden, "v1.1-images.npy"), "-o", dst)
+    assert r.returncode == 0, r.stderr
+    assert b"LPLD's trainer" in r.stderr
+    first = torch.load(dst / "epoch_0" / "batch_0.tar", weights_only=False)
+    assert first[2].tolist() == [2, 1, 3, 0] and [int(v) for v in first[4]] == [10, 0, 16, 5]  # the spec's example
+    r = run_slc("decode", os.path.join(golden, "v1.1-replay.slc"), "--layout", "sre2l", "--images",
+                os.path.join(golden, "v1.1-images.npy"), "--batch-size", "5", "-o", tmp_path / "x")
+    assert r.returncode == 1 and b"--batch-size 4" in r.stderr and not (tmp_path / "x").exists()

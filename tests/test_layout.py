@@ -20,6 +20,7 @@ LAYERS = [
                     "slc.resume", "slc.atomic", "slc.extras", "slc.sample", "slc.prune", "slc.models",
                     "slc.merge_parts", "slc.distributed"}),
     ("vision/lm", {"slc.vision", "slc.lm"}),
+    ("interop", {"slc.interop"}),
     ("bench", {"slc.bench"}),
     ("cli", {"slc.cli", "slc.__main__"}),
 ]

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from slc.cli.common import (Reporter, alone, codec_options, compress_options, console, handle_errors, human_bytes,
-                            part_options, part_spec, wrote)
+from slc.cli.common import (Reporter, alone, codec_options, compress_options, console, done, handle_errors,
+                            human_bytes, part_options, part_spec, wrote)
 
 
 @click.command()
@@ -101,23 +101,34 @@ def merge(parts, output, force, quiet):
 @click.option("--logits", "out_kind", flag_value="logits", help="Write logits (softmax(x / T) is the label).")
 @click.option("--probs", "out_kind", flag_value="probs", default=True, help="Write probabilities (default).")
 @click.option("-T", "--temperature", type=float, help="Re-temper to this temperature (default: the stored one).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), help="[default: float32; float16 with --layout, as SRe2L stores]")
 @click.option("--sparse", is_flag=True, help="Token files: write the stored top-k words, log-probabilities and tail "
               "per token (npy records, or HDF5 datasets indices/logp/tail/offsets) instead of V floats per token.")
+@click.option("--layout", type=click.Choice(["sre2l"]), help="Write OUTPUT as a folder their trainer reads: sre2l is "
+              "SRe2L/CDA/LPLD's epoch_{e}/batch_{b}.tar (+ sampler_indices_epoch.json), with every crop, flip and mix.")
+@click.option("--images", help="--layout: the images the file's crops replay on (their coordinates need the sizes).")
+@click.option("--batch-size", type=int, help="--layout: labels per batch file [default: the file's mix group].")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @handle_errors
-def decode(file, output, epochs, start, stop, out_kind, temperature, dtype, force, sparse):
+def decode(file, output, epochs, start, stop, out_kind, temperature, dtype, force, sparse, layout, images, batch_size):
     """Decode labels from an .slc file, streaming in bounded memory.
 
     The output has shape (N, C) for one epoch and (E, N, C) otherwise.
 
     \b
-    Example:
+    Examples:
         slc decode labels.slc --epoch 0 -o - | python consumer.py
+        slc decode labels.slc --layout sre2l --images train/ -o FKD_labels/   # for SRe2L's train_FKD.py
     """
+    if layout:
+        return decode_layout(file, output, images, batch_size, dtype or "float16", force,
+                             [n for n, v in (("--epoch", epochs), ("--start", start), ("--stop", stop),
+                                             ("--logits", out_kind == "logits"), ("-T", temperature),
+                                             ("--sparse", sparse)) if v])
     from slc.decode import export
 
-    export(file, output, list(epochs) or None, start, stop, out_kind or "probs", temperature, dtype, force, sparse)
+    export(file, output, list(epochs) or None, start, stop, out_kind or "probs", temperature, dtype or "float32", force,
+           sparse)
 
 
 @click.command()
@@ -177,6 +188,23 @@ def table(title: str, columns: list[str], rows: list[list[str]], right_from: int
     for r in rows:
         t.add_row(*r)
     return t
+
+
+def decode_layout(file, output, images, batch_size, dtype, force, others) -> None:
+    from slc.errors import SlcInputError
+    from slc.interop.compat import write_sre2l
+
+    if others:
+        raise SlcInputError(f"expected no {', '.join(others)} with --layout (it writes every label, as logits)")
+    if not images:
+        raise SlcInputError("expected --images with --layout (crop coordinates are fractions of each image's size)")
+    rep = Reporter(False)
+    try:
+        count = write_sre2l(file, images, output, batch_size=batch_size, dtype=dtype, force=force, log=rep.log,
+                            progress=rep.counted("decode", "label"))
+    finally:
+        rep.close()
+    done(f"wrote {output}: {count:,} batch files (epoch_{{e}}/batch_{{b}}.tar) and sampler_indices_epoch.json")
 
 
 def summary(file: str, info: dict) -> str:

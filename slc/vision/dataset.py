@@ -93,13 +93,18 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         epoch, position = self.locate(i)
         x = self.crop(epoch, position)
-        if self._stored is not None:
-            mix = self._stored.mix(epoch, position) if self.recipe.mix != "none" else None
-        else:
-            mix = mix_for(self.recipe, int(self.epoch_ids[epoch]), position, self.n)
+        mix = self.mix(epoch, position)
         if mix is not None:
             x = apply_mix(x, self.crop(epoch, mix.partner), mix, self.recipe.mix)
         return resize_view(x, self.size)
+
+    def mix(self, epoch: int, position: int) -> Mix | None:
+        """How the crop at ``position`` is mixed (stored, or from the recipe); ``None`` without mixing."""
+        if self.recipe.mix == "none":
+            return None
+        if self._stored is not None:
+            return self._stored.mix(epoch, position)
+        return mix_for(self.recipe, int(self.epoch_ids[epoch]), position, self.n)
 
     def image_index(self, i: int) -> int:
         """Which image label ``i`` was made from (its own crop, before any mixing)."""
