@@ -68,6 +68,10 @@ def pixel_boxes(coords: np.ndarray, flip: np.ndarray, sizes: np.ndarray, rule: s
         y, x, h, w = np.trunc(top), np.trunc(left), np.trunc(height), np.trunc(width)
     else:
         raise ValueError(rule)
+    # fp16 fractions of a large image can put an edge one pixel past it, where Pillow pads a black line
+    # and a tensor slice stops at the edge: the box is cut at the image, as a tensor replay cuts it
+    h = np.where((y + h == hgt + 1), h - 1, h)
+    w = np.where((x + w == wid + 1), w - 1, w)
     ok = (y >= 0) & (x >= 0) & (h >= 1) & (w >= 1) & (y + h <= hgt) & (x + w <= wid) & np.isfinite(c).all(1)
     if not ok.all():
         p = int(np.argmin(ok))
