@@ -21,10 +21,12 @@ FORMATS = ["auto", "sre2l", "cda", "lpld", "lpqld", "hald", "fkd", "vllm", "dist
 @click.option("--classes", type=int, help="Class count, for formats that store top-k indices only (LPQLD, FKD).")
 @click.option("--vocab", type=int, help="vLLM: vocabulary size [default: the largest token id + 1].")
 @click.option("--topk", type=int, help="vLLM: words kept per token [default: the fewest any position has].")
+@click.option("--config", "dk_config", help="DistillKit: its compression config, YAML or JSON [default: "
+              "compression_config.yaml beside the parquet files].")
 @codec_options
 @handle_errors
-def import_(fmt, src, output, images, size, mean, std, sampler_seed, classes, vocab, topk, force, resume, quiet,
-            **codec):
+def import_(fmt, src, output, images, size, mean, std, sampler_seed, classes, vocab, topk, dk_config, force, resume,
+            quiet, **codec):
     """Import soft labels another tool wrote, without running its code.
 
     FORMAT is one of sre2l (also cda), lpld, lpqld, hald (batch folders), fkd (one .tar per image),
@@ -36,13 +38,15 @@ def import_(fmt, src, output, images, size, mean, std, sampler_seed, classes, vo
     Examples:
         slc import sre2l FKD_cutmix_fp16/ --images train/ -o labels.slc --ratio 40
         slc import fkd FKD_soft_label_500_crops/imagenet --images imagenet/train -o fkd.slc
-        slc import vllm prompt_logprobs.jsonl -o tokens.slc --codec topk-vq
+        slc import vllm prompt_logprobs.jsonl -o tokens.slc
+        slc import distillkit logits/ -o tokens.slc --ratio 40
     """
     from slc.interop.write import import_file, open_import
 
     rep = Reporter(quiet)
     opts = compress_options(**codec)
-    imported = open_import(fmt, src, log=rep.log, seed=sampler_seed, classes=classes, vocab=vocab, k=topk)
+    imported = open_import(fmt, src, log=rep.log, seed=sampler_seed, classes=classes, vocab=vocab, k=topk,
+                           config=dk_config)
     try:
         s = imported.summary
         rep.log(f"found {s.get('format')}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"

@@ -323,6 +323,9 @@ class BatchCropStream(CropStream):
         self.refs, self.rule, self.mix, self.batch = epochs, rule, mix, batch
         self.epochs, self.n = len(epochs), sum(len(r.images) for r in epochs[0])
 
+    def order(self, e: int) -> np.ndarray:
+        return np.concatenate([r.images for r in self.refs[e]])
+
     def epoch(self, e: int) -> Iterator[BatchCrops]:
         opened: tuple[str, object] | None = None
         for ref in self.refs[e]:

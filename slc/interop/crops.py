@@ -55,6 +55,10 @@ class CropStream:
     def epoch(self, e: int) -> Iterator[BatchCrops]:
         raise NotImplementedError
 
+    def order(self, e: int) -> np.ndarray:
+        """The image of every position of epoch ``e`` (a stream that knows it without reading files overrides this)."""
+        return np.concatenate([np.asarray(b.images, np.int64) for b in self.epoch(e)])
+
 
 def pixel_boxes(coords: np.ndarray, flip: np.ndarray, sizes: np.ndarray, rule: str) -> np.ndarray:
     """``crops.boxes`` records from stored fractions ``coords [n, 4]`` of images of ``sizes [n, 2]`` (H, W)."""
@@ -102,14 +106,27 @@ def mix_records(batch: BatchCrops, first: int, size: int) -> np.ndarray:
     return out
 
 
+def order_records(stream: CropStream, e: int, images: int) -> bytes:
+    """``crops.order`` bytes of epoch ``e``."""
+    order = stream.order(e)
+    _check_images(order, images, e)
+    if len(order) != stream.n:
+        raise SlcInputError(f"expected {stream.n} crops in epoch {e}, got {len(order)}")
+    return order.astype(ORDER_DTYPE).tobytes()
+
+
+def _check_images(images: np.ndarray, count: int, e: int) -> None:
+    if images.min(initial=0) < 0 or images.max(initial=0) >= count:
+        raise SlcInputError(f"expected image indices below {count} (the images given), got {int(images.max())} in "
+                            f"epoch {e}")
+
+
 def epoch_records(stream: CropStream, e: int, sizes: np.ndarray, size: int) -> tuple[bytes, bytes, bytes]:
     """``(crops.order, crops.boxes, crops.mix)`` bytes of epoch ``e`` (mix empty when the file does not mix)."""
     order, boxes, mixes, first = [], [], [], 0
     for batch in stream.epoch(e):
         images = np.asarray(batch.images, np.int64)
-        if images.min(initial=0) < 0 or images.max(initial=0) >= len(sizes):
-            raise SlcInputError(f"expected image indices below {len(sizes)} (the images given), got "
-                                f"{int(images.max())} in epoch {e}")
+        _check_images(images, len(sizes), e)
         order.append(images.astype(ORDER_DTYPE))
         boxes.append(pixel_boxes(batch.coords, batch.flip, sizes[images], stream.rule))
         if stream.mix != "none":

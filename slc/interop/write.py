@@ -20,7 +20,7 @@ from slc.extras import Extras
 from slc.format.replay import Recipe, ReplayInfo
 from slc.format.sections import BOXES, BOX_DTYPE, MIX, MIX_DTYPE, ORDER, ORDER_DTYPE
 from slc.interop.base import Imported
-from slc.interop.crops import CropStream, epoch_records
+from slc.interop.crops import CropStream, epoch_records, order_records
 from slc.vision.replay import replay_sections
 
 FORMATS = ("sre2l", "cda", "lpld", "lpqld", "hald", "fkd", "vllm", "distillkit")
@@ -49,7 +49,7 @@ def open_import(fmt: str, src: str, *, log: Callable[[str], None] = lambda line:
     if fmt == "distillkit":
         from slc.interop.distillkit import open_distillkit
 
-        return open_distillkit(src, log=log, **_only(options, fmt))
+        return open_distillkit(src, log=log, **_only(options, fmt, "config"))
     raise SlcInputError(f"expected a format of {', '.join(FORMATS)}, got {fmt!r}")
 
 
@@ -73,7 +73,7 @@ def import_file(imported: Imported, out: str | os.PathLike, opts: CompressOption
     if opts.temperature is None:
         log(f"temperature: T={T:g}, what {imported.format}'s reference trainer uses (-T to change)")
     user = {**opts.user, "import": {k: v for k, v in imported.summary.items() if k != "names"}}
-    opts = CompressOptions.of(opts, source=imported.source, temperature=T, user=user)
+    opts = CompressOptions.of(opts, source=imported.source, temperature=T, user=user, **token_defaults(imported, opts, log))
     extras = Extras(request={"import": imported.identity})
     if imported.crops is not None and images is not None:
         extras = crop_extras(imported.crops, images, size, mean, std, log)
@@ -82,6 +82,23 @@ def import_file(imported: Imported, out: str | os.PathLike, opts: CompressOption
         log("crops: not kept (give --images, the folder they were made from, to replay them in train-student)")
     return compress(imported.labels, out, opts, extras=extras, sequences=imported.sequences,
                     token_ids=imported.token_ids, force=force, resume=resume, log=log, **run)
+
+
+def token_defaults(imported: Imported, opts: CompressOptions, log: Callable[[str], None]) -> dict:
+    """Sparse token labels take ``topk-vq`` (``auto`` chooses among dense codecs), at most the k words stored."""
+    from slc.sources import SparseSource
+
+    if not isinstance(imported.labels, SparseSource):
+        return {}
+    out = {}
+    if opts.codec == "auto":
+        out["codec"] = "topk-vq"
+        log("codec: topk-vq, the codec of sparse token labels")
+    k = imported.labels.k
+    if opts.ratio is None and opts.budget is None and "k" not in opts.options:
+        out["options"] = {**opts.options, "k": min(64, k)}
+        log(f"codec: k={min(64, k)} words per token (the file stores {k}; --ratio or --param k= to change)")
+    return out
 
 
 def crop_extras(stream: CropStream, images, size: int, mean, std, log: Callable[[str], None]) -> Extras:
@@ -99,22 +116,47 @@ def crop_extras(stream: CropStream, images, size: int, mean, std, log: Callable[
                                  mix_group=stream.batch if stream.mix != "none" else 0)
     info = ReplayInfo(recipe, len(imgs), imgs.digest(), os.path.basename(os.path.normpath(imgs.source)), imgs.classes)
     e, n = stream.epochs, stream.n
-    sizes = imgs.sizes
-
-    def records(which: int):
-        for epoch in range(e):
-            yield epoch_records(stream, epoch, sizes, size)[which]
-
-    after = {ORDER: (e * n * ORDER_DTYPE.itemsize, lambda: records(0)),
-             BOXES: (e * n * BOX_DTYPE.itemsize, lambda: records(1))}
+    spill = _MixSpill(stream, imgs.sizes, size)
+    after = {ORDER: (e * n * ORDER_DTYPE.itemsize, lambda: (order_records(stream, i, len(imgs)) for i in range(e))),
+             BOXES: (e * n * BOX_DTYPE.itemsize, spill.boxes)}
     if stream.mix != "none":
-        after[MIX] = (e * n * MIX_DTYPE.itemsize, lambda: records(2))
+        after[MIX] = (e * n * MIX_DTYPE.itemsize, spill.mixes)
     log(f"crops: {e} epochs x {n} replayed from {imgs.source} ({len(imgs)} images, {size} px, mix {stream.mix})")
     return Extras(replay_sections(info, imgs.fingerprints), {}, after,
                   {"images": info.digest, "recipe": recipe.to_json()})
 
 
-def first_records(stream: CropStream, images, size: int = 224) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epoch 0's ``(order, boxes, mixes)`` as arrays: what the replay sections will hold (for checks)."""
-    o, b, m = epoch_records(stream, 0, images.sizes, size)
-    return np.frombuffer(o, ORDER_DTYPE), np.frombuffer(b, BOX_DTYPE), np.frombuffer(m, MIX_DTYPE)
+class _MixSpill:
+    """One pass over the files for ``crops.boxes`` and ``crops.mix``: the mixes wait in a temporary file
+    while the boxes are written (the sections follow each other), then are read back in order."""
+
+    def __init__(self, stream: CropStream, sizes: np.ndarray, size: int):
+        self.stream, self.sizes, self.size = stream, sizes, size
+        self.file = None
+        self.done = 0  # epochs whose mixes wait in the file
+
+    def boxes(self):
+        import tempfile
+
+        self.file, self.done = tempfile.TemporaryFile(), 0
+        for e in range(self.stream.epochs):
+            _, boxes, mixes = epoch_records(self.stream, e, self.sizes, self.size)
+            self.file.write(mixes)
+            self.done = e + 1
+            yield boxes
+
+    def mixes(self):
+        if self.file is None or self.done < self.stream.epochs:  # the boxes were not streamed whole: read again
+            for e in range(self.stream.epochs):
+                yield epoch_records(self.stream, e, self.sizes, self.size)[2]
+            return
+        self.file.seek(0)
+        try:
+            while True:
+                data = self.file.read(1 << 24)
+                if not data:
+                    break
+                yield data
+        finally:
+            self.file.close()
+            self.file = None
