@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 _EXPORTS = {
     "SlcError": "slc.errors", "SlcFormatError": "slc.errors", "SlcInputError": "slc.errors",
@@ -19,6 +19,7 @@ _EXPORTS = {
     "encode_lm": "slc.lm.encode", "TokenLabelDataset": "slc.lm.dataset", "collate_tokens": "slc.lm.dataset",
     "kd_loss": "slc.lm.distill", "SparseLabels": "slc.codecs.sparse",
     "merge": "slc.merge_parts", "PartSpec": "slc.format.parts",
+    "open_import": "slc.interop.write", "import_file": "slc.interop.write", "SRe2LBatches": "slc.compat",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import slc
+from slc.codecs.vqae import FitConfig
 from slc.format.replay import Recipe
 from slc.vision.dataset import EpochSampler, SoftLabelDataset
 from slc.vision.encode import encode
@@ -134,7 +135,7 @@ def test_api_encode_fit_on_random_and_vqae(tmp_path):
     model = Tiny(40).eval()
     r = Recipe(seed=3, size=32, mean=(0.5,) * 3, std=(0.5,) * 3, invert=True)
     res = encode(model, SUBSET, tmp_path / "v.slc", recipe=r, epochs=4, batch_size=50, codec="vqae", ratio=4,
-                 temperature=4.0, fit_on="random", fit_labels=600, fit_config=slc.codecs.vqae.FitConfig(steps=30),
+                 temperature=4.0, fit_on="random", fit_labels=600, fit_config=FitConfig(steps=30),
                  chunk_size=250)
     assert res.codec == "vqae" and res.ratio >= 3.5
     with slc.open_slc(tmp_path / "v.slc") as f:

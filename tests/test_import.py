@@ -280,7 +280,7 @@ def test_decode_layout_sre2l_writes_their_tars_back(made, tmp_path, fmt):
 def test_compat_batches_are_their_loaders_batches(made):
     """SRe2LBatches yields what their patched DataLoader yields; mixing its images as their mix_aug does gives
     exactly the crops the labels were made on (slc's own replay)."""
-    from slc.interop.compat import SRe2LBatches
+    from slc.compat import SRe2LBatches
 
     _, images, _, out = made
     truth, path = out["sre2l"]
@@ -312,3 +312,42 @@ def test_decode_layout_of_an_encoded_file_says_which_trainer_reads_it(tmp_path):
     r = run_slc("decode", os.path.join(golden, "v1.1-replay.slc"), "--layout", "sre2l", "--images",
                 os.path.join(golden, "v1.1-images.npy"), "--batch-size", "5", "-o", tmp_path / "x")
     assert r.returncode == 1 and b"--batch-size 4" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_import_resumes_after_kills_to_the_same_bytes(made, tmp_path):
+    """SIGKILL at random points, then --resume: the bytes of one uninterrupted import."""
+    from conftest import kill_until_done
+
+    root, images, _, _ = made
+    args = ["import", "lpld", root / "lpld", "--images", images, "--size", SIZE, "--codec", "fp16", "--chunk-size", 4,
+            "--epochs-per-chunk", 1, "-q"]
+    whole = tmp_path / "whole.slc"
+    run_slc(*args, "-o", whole, check=True)
+    kills = kill_until_done(args, tmp_path / "resumed.slc", whole.read_bytes(), np.random.default_rng(0), 3.0,
+                            max_chunks=4)
+    assert kills
+
+
+def test_train_student_trains_on_an_imported_folder(made, tmp_path):
+    """`slc train-student` replays the imported crops (stored order, boxes and cutmix) end to end."""
+    _, images, _, out = made
+    r = run_slc("train-student", images, out["sre2l"][1], "-o", tmp_path / "run", "--epochs", "1", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr.decode()
+    assert any(p.suffix == ".pt" for p in (tmp_path / "run").iterdir())
+
+
+def test_a_pruned_lpld_run_that_stops_mid_epoch_imports_its_whole_epochs(made, tmp_path):
+    """LPLD writes int(E x batches x (1 - ratio)) batches: the last epoch folder is partial and is left out, said so."""
+    import json
+
+    root, images, _, _ = made
+    cut = _copy(root, "lpld", tmp_path / "pruned")
+    os.remove(cut / "epoch_2" / "batch_2.tar")
+    index = json.loads((cut / "sampler_indices_epoch.json").read_text())
+    index["2"] = index["2"][:16]
+    (cut / "sampler_indices_epoch.json").write_text(json.dumps(index))
+    r = run_slc("import", "lpld", cut, "--images", images, "--size", SIZE, "-o", tmp_path / "p.slc", "--codec", "fp16")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"last epoch's 2 batches are left out" in r.stderr
+    with slc.open_slc(tmp_path / "p.slc") as f:
+        assert f.shape == (2, 20, 10)

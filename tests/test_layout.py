@@ -20,7 +20,7 @@ LAYERS = [
                     "slc.resume", "slc.atomic", "slc.extras", "slc.sample", "slc.prune", "slc.models",
                     "slc.merge_parts", "slc.distributed"}),
     ("vision/lm", {"slc.vision", "slc.lm"}),
-    ("interop", {"slc.interop"}),
+    ("interop", {"slc.interop", "slc.compat"}),
     ("bench", {"slc.bench"}),
     ("cli", {"slc.cli", "slc.__main__"}),
 ]

@@ -192,7 +192,7 @@ def table(title: str, columns: list[str], rows: list[list[str]], right_from: int
 
 def decode_layout(file, output, images, batch_size, dtype, force, others) -> None:
     from slc.errors import SlcInputError
-    from slc.interop.compat import write_sre2l
+    from slc.compat import write_sre2l
 
     if others:
         raise SlcInputError(f"expected no {', '.join(others)} with --layout (it writes every label, as logits)")

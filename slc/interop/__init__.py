@@ -2,7 +2,7 @@
 
 ``slc import`` reads SRe2L/CDA, LPLD, LPQLD, HALD and FKD label folders (crops included) and vLLM
 ``prompt_logprobs`` JSONL and DistillKit parquet (token labels); ``slc decode --layout sre2l``
-writes the SRe2L batch layout back, and :mod:`slc.interop.compat` feeds their training loops.
+writes the SRe2L batch layout back (:mod:`slc.compat`, which also feeds their training loops).
 """
 from __future__ import annotations
 

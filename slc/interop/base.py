@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slc.interop.crops import CropStream
 from slc.sources import LabelSource
 
 
@@ -25,7 +26,7 @@ class Imported:
     labels: LabelSource
     source: str
     temperature: float
-    crops: object | None = None
+    crops: CropStream | None = None
     sequences: np.ndarray | None = None
     token_ids: np.ndarray | None = None
     summary: dict = field(default_factory=dict)

@@ -127,6 +127,10 @@ def find_sre2l(root: str, *, seed: int = SAMPLER_SEED, log: Callable[[str], None
             if e not in lists:
                 raise SlcInputError(f"expected epoch {e} in {index}, got epochs {sorted(lists)[:5]}...")
             epochs.append(_cut(fs, np.asarray(lists[e], np.int64), rows, os.path.dirname(fs[0])))
+        if len(epochs) > 1 and len(epochs[-1]) < len(epochs[0]):  # a pruned run stops mid-epoch
+            log(f"lpld: the last epoch's {len(epochs[-1])} batches are left out (a pruned run stops mid-epoch; "
+                f"every stored epoch must hold the {len(epochs[0])} batches of the first)")
+            epochs = epochs[:-1]
         return "lpld", epochs
     last = _rows(files[0][-1])
     n = rows * (len(files[0]) - 1) + last

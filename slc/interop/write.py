@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from slc.compression import CompressOptions, CompressResult, compress
+from slc.errors import SlcInputError
 from slc.extras import Extras
 from slc.format.replay import Recipe, ReplayInfo
 from slc.format.sections import BOXES, BOX_DTYPE, MIX, MIX_DTYPE, ORDER, ORDER_DTYPE
@@ -29,7 +30,6 @@ FORMATS = ("sre2l", "cda", "lpld", "lpqld", "hald", "fkd", "vllm", "distillkit")
 def open_import(fmt: str, src: str, *, log: Callable[[str], None] = lambda line: None, **options) -> Imported:
     """Open ``src`` as ``fmt`` (``"auto"``: by its layout). ``options``: the format's own (``seed``, ``classes``,
     ``temperature``, ``vocab``, ``k``...); an option a format does not take is an error."""
-    from slc.errors import SlcInputError
     from slc.interop import detect
 
     fmt = detect(src) if fmt == "auto" else fmt
@@ -54,8 +54,6 @@ def open_import(fmt: str, src: str, *, log: Callable[[str], None] = lambda line:
 
 
 def _only(options: dict, fmt: str, *names: str) -> dict:
-    from slc.errors import SlcInputError
-
     extra = sorted(set(options) - set(names))
     if extra:
         raise SlcInputError(f"expected options of {fmt} ({', '.join(names) or 'none'}), got {', '.join(extra)}")
@@ -103,7 +101,6 @@ def token_defaults(imported: Imported, opts: CompressOptions, log: Callable[[str
 
 def crop_extras(stream: CropStream, images, size: int, mean, std, log: Callable[[str], None]) -> Extras:
     """The replay sections of imported crops over ``images``."""
-    from slc.errors import SlcInputError
     from slc.vision.images import ImageSet, open_images
 
     imgs = images if isinstance(images, ImageSet) else open_images(images, log=log)

@@ -333,8 +333,8 @@ class _StoredBoxes:
 class _StoredCrops:
     """Imported crops (recipe order ``"stored"``): each label's image (``crops.order``) and mix (``crops.mix``)."""
 
-    def __init__(self, path: str, n: int, images: int, mixed: bool):
-        self.path, self.n, self.images, self.mixed = path, n, images, mixed
+    def __init__(self, path: str, n: int, images: int, mixed: bool, size: int):
+        self.path, self.n, self.images, self.mixed, self.size = path, n, images, mixed, size
         self.boxes = _StoredBoxes(path, n)
         self._mix: tuple[int, np.ndarray] | None = None
 
@@ -347,7 +347,7 @@ class _StoredCrops:
                 expect(name in lengths, f"a {name!r} section (the recipe says crops are stored)", "none")
                 expect(lengths[name] == e * n * dtype.itemsize, f"{e * n * dtype.itemsize} bytes of {name}",
                        lengths[name])
-        return cls(path, n, info.images, mixed)
+        return cls(path, n, info.images, mixed, info.recipe.size)
 
     def _read(self, name: str, dtype: np.dtype, epoch: int) -> np.ndarray:
         from slc.reader import open_slc
@@ -369,7 +369,8 @@ class _StoredCrops:
             self._mix = (epoch, self._read(MIX, MIX_DTYPE, epoch))
         r = self._mix[1][position]
         partner = int(r["partner"])
-        if partner >= self.n or not (r["y0"] <= r["y1"] and r["x0"] <= r["x1"]) or not np.isfinite(r["lam"]):
+        inside = r["y0"] <= r["y1"] <= self.size and r["x0"] <= r["x1"] <= self.size
+        if partner >= self.n or not inside or not np.isfinite(r["lam"]):
             raise SlcFormatError(f"expected a stored mix inside the epoch and the crop, got {r} at position {position} "
                                  f"of epoch {epoch}")
         return Mix(partner, float(r["lam"]), (int(r["y0"]), int(r["x0"]), int(r["y1"]), int(r["x1"])))

@@ -106,7 +106,7 @@ def write_sre2l(slc_path: str, images, out_dir: str, *, batch_size: int | None =
         raise
     if not _is_their_sampler(index, n):
         log("order: not SRe2L's seed-42 sampler: SRe2L's train_FKD.py would pair crops with the wrong images; "
-            "LPLD's trainer (sampler_indices_epoch.json) or slc.interop.compat.SRe2LBatches read it right")
+            "LPLD's trainer (sampler_indices_epoch.json) or slc.compat.SRe2LBatches read it right")
     return count
 
 
