@@ -170,7 +170,8 @@ def report(result: dict, out: str) -> None:
         t.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
     Console().print(t)
-    note = f"CLI start-up (slc --version): {result['cli_startup_s']:.2f} s, included in the import rows."
+    note = (f"CLI start-up without torch (slc --version): {result['cli_startup_s']:.2f} s; `slc import` also imports "
+            "torch, and both are in the CLI rows, not in the in-process one.")
     print(note)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out + ".json").write_text(json.dumps(result, indent=1) + "\n")
