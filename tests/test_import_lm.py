@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import slc
+
 from import_fixtures.vllm import STYLES, random_seqs, write_vllm_jsonl
 from slc.errors import SlcInputError
 from slc.interop.vllm import open_vllm
@@ -277,6 +279,15 @@ def test_vllm_cli_end_to_end(tmp_path):
     np.testing.assert_array_equal(got["indices"], truth["indices"])
     err = np.abs(np.exp(got["logp"]) - np.exp(truth["logprobs"]))  # bf16 probabilities: 8 bits of mantissa
     assert err.max() <= 2.0 ** -8 * np.exp(truth["logprobs"]).max()
+    exact = tmp_path / "exact.slc"  # values=f32 (format 1.7): the log-probabilities bit for bit
+    run_slc("import", "vllm", tmp_path / "p.jsonl", "-o", exact, "--vocab", VOCAB, "--param", "values=f32", check=True)
+    _, got = read_tokens(exact)
+    np.testing.assert_array_equal(got["ids"], truth["token_ids"])
+    np.testing.assert_array_equal(got["indices"], truth["indices"])
+    np.testing.assert_array_equal(got["logp"], truth["logprobs"].astype(np.float32))
+    with slc.open_slc(exact) as f:
+        assert f.layout.minor == 7 and f.codec.params()["values"] == "f32"
+    run_slc("verify", exact, check=True)
 
 
 def test_distillkit_import_file_end_to_end(tmp_path, dk):
@@ -289,9 +300,13 @@ def test_distillkit_import_file_end_to_end(tmp_path, dk):
     try:
         want_v, want_w = (a.copy() for a in arrays(im)[:2])
         import_file(im, tmp_path / "out.slc", CompressOptions(options={"values": "bf16"}))  # auto -> topk-vq, k=16
+        import_file(im, tmp_path / "exact.slc", CompressOptions(options={"values": "f32"}))
     finally:
         im.close()
     ds, got = read_tokens(tmp_path / "out.slc")
     np.testing.assert_array_equal(got["ids"], truth["token_ids"])
     np.testing.assert_array_equal(got["indices"], want_w)
     assert np.abs(np.exp(got["logp"]) - np.exp(want_v)).max() <= 2.0 ** -8
+    _, got = read_tokens(tmp_path / "exact.slc")  # what DistillKit's decoder gives, bit for bit
+    np.testing.assert_array_equal(got["indices"], want_w)
+    np.testing.assert_array_equal(got["logp"], want_v)

@@ -406,3 +406,24 @@ def test_a_ratio_sizes_k_in_real_bytes_after_zstd(tmp_path):
                      options={"steps": 60})
     assert r.bytes <= r.plan.bytes <= r.bytes + 4 * 3000 and 30 <= r.ratio <= 33
     assert slc.compress(tmp_path / "l.npy", tmp_path / "k.slc", codec="topk-vq", options=FAST).plan.params["k"] == 64
+
+
+def test_f32_values_keep_the_top_k_log_probabilities_exactly_and_refuse_nan(tmp_path, token_file):
+    """values=f32 (format 1.7): already-sparse labels (another tool's top-k) come back bit for bit; a NaN in a
+    chunk is a format error, not a label."""
+    lp = logp_of(token_file[1])[:512]
+    top = torch.topk(torch.from_numpy(lp), 16, dim=1)
+    values, indices = top.values.numpy(), top.indices.numpy()
+    out = tmp_path / "f32.slc"
+    src = slc.open_labels(values, indices=indices, vocab=lp.shape[1])
+    slc.compress(src, out, codec="topk-vq", source="logits", options={"k": 16, "values": "f32"}, zstd=False)
+    with slc.open_slc(out) as f:
+        assert f.layout.minor == 7
+        s = f.sparse()
+        np.testing.assert_array_equal(s.indices, indices)
+        np.testing.assert_array_equal(s.logp, values)
+        codec, payload = f.sparse_codec, bytearray(f.chunk_payload(f.index[0]))
+    ranks = f.index[0].count * 16 * codec.nbytes
+    payload[ranks:ranks + 4] = np.float32(np.nan).tobytes()  # past the checksum: the codec's own check
+    with pytest.raises(slc.SlcFormatError, match="log-probabilities at most 0"):
+        codec.decode_sparse(bytes(payload), f.index[0].count)

@@ -195,7 +195,7 @@ def codec_options(fn):
                           "top classes exact, principal components for the rest (wide, flat labels). "
                           "vqae: log-domain VQAE fitted with KL. vqae-paper: the paper's recipe exactly. "
                           "Baselines: topk (FKD), topk-mr / topk-mrs (LPQLD), pca, quant, vq-noae; fp16, fp32. "
-                          "Token-level LM labels: topk-vq (k sized by --ratio/--budget after zstd, else --param k=64; m=8 codes=256 values=vqae|bf16 "
+                          "Token-level LM labels: topk-vq (k sized by --ratio/--budget after zstd, else --param k=64; m=8 codes=256 values=vqae|bf16|f32 "
                           "tail=capped|prior|uniform|mr|mrs prior_weight=0.99; capped is the default)."),
         click.option("-T", "--temperature", type=float,
                      help="Temperature the student will train at; stored in the file, fidelity is measured at it "

@@ -7,7 +7,9 @@ byte per index (measured 0.75 B at V = 72,547) while any vocabulary up to 2^32 w
 
 Values are the collapsed (k+1)-class distribution (the k words, then the tail as one class),
 coded by a VQAE (``values = "vqae"``: ``m`` codes of ``log2 K`` bits per token) or kept as
-bfloat16 probabilities (``values = "bf16"``, the usual "top-k in bf16" reference).
+bfloat16 probabilities (``values = "bf16"``, the usual "top-k in bf16" reference), or kept exactly as
+float32 log-probabilities (``values = "f32"``, format 1.7: what ``slc import`` of another tool's top-k
+keeps bit for bit).
 
 The tail (mass outside the k words) goes to the other words by ``tail``:
 
@@ -42,7 +44,7 @@ from slc.codecs.vqae import VQAECodec
 
 TAILS = ("prior", "capped", "uniform", "mr", "mrs")
 PRIOR_TAILS = ("prior", "capped")  # the tails that store a prior
-VALUES = ("vqae", "bf16")
+VALUES = ("vqae", "bf16", "f32")
 PREFIX = "topk-vq."
 DEFAULTS = {"values": "vqae", "m": 8, "codes": 256, "tail": "capped", "prior_weight": 0.99}
 UNTARGETED_K = 64  # k when no ratio or budget sizes it (the usual top-k of offline LM distillation)
@@ -76,6 +78,18 @@ def plane_ranks(data: bytes | memoryview, count: int, nbytes: int) -> np.ndarray
     return out.view("<u4").reshape(count)
 
 
+def f32_values(idx: np.ndarray, logp: np.ndarray) -> SparseLabels:
+    """Stored float32 log-probabilities (``values = "f32"``): each at most 0 (or ``-inf``), a mass of at most 1."""
+    k = logp.shape[1] if logp.ndim == 2 else 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.exp(logp.astype(np.float64)).sum(1)
+    ok = len(logp) == 0 or (not np.isnan(logp).any() and logp.max() <= 1e-3 and total.max() <= 1 + 1e-2 * k)
+    expect(ok, "top-k log-probabilities at most 0, with a mass of at most 1", "values out of range")
+    with np.errstate(divide="ignore"):
+        tail = np.log(np.clip(1 - total, 0, None)).astype(np.float32)
+    return SparseLabels(idx, logp.astype(np.float32), tail)
+
+
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 (nearest even) and return the 16-bit patterns."""
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view("<u2")
@@ -94,10 +108,12 @@ class TopKVQCodec(TokenCodec):
     needs_fit = True
 
     def __init__(self, classes: int, k: int, order: np.ndarray, values: VQAECodec | None, tail: str,
-                 prior_logp: np.ndarray | None, prior_weight: float | None):
+                 prior_logp: np.ndarray | None, prior_weight: float | None, raw: str = "bf16"):
         super().__init__(classes)
         self.k, self.order, self.values_codec, self.tail = k, np.asarray(order, np.int64), values, tail
-        self.values = "vqae" if values is not None else "bf16"
+        self.values = "vqae" if values is not None else raw  # raw: "bf16" or "f32" values, stored as they are
+        if self.values == "f32":
+            self.since_minor = 7  # a 1.3-1.6 reader refuses the value cleanly
         self.nbytes = index_bytes(classes)
         self.prior_weight = prior_weight
         self.prior_logp = None if prior_logp is None else np.asarray(prior_logp, np.float32)
@@ -166,7 +182,7 @@ class TopKVQCodec(TokenCodec):
             inner = {"vqae." + name[len(PREFIX):]: a for name, a in tensors.items()
                      if name not in (PREFIX + "order", PREFIX + "prior")}
             values = VQAECodec.from_file(p["vq"], inner, p["k"] + 1)
-        return cls(classes, p["k"], order, values, p["tail"], prior, p.get("prior_weight"))
+        return cls(classes, p["k"], order, values, p["tail"], prior, p.get("prior_weight"), raw=p["values"])
 
     def encoder_state(self) -> dict[str, np.ndarray]:
         return {} if self.values_codec is None else self.values_codec.encoder_state()
@@ -199,6 +215,8 @@ class TopKVQCodec(TokenCodec):
             raise SlcInputError(f"expected at least k={self.k} words per token, got {s.k} (use `options=k={s.k}`)")
         s = truncate(s, self.k)
         ranks = rank_planes(self.rank_of[s.indices], self.nbytes)
+        if self.values == "f32":
+            return ranks + np.ascontiguousarray(s.logp, "<f4").tobytes()
         if self.values_codec is None:
             return ranks + bf16_bits(np.exp(s.logp)).tobytes()
         codes = self.values_codec.codes(collapse(s))
@@ -212,7 +230,9 @@ class TopKVQCodec(TokenCodec):
         if n and int(ranks.max()) >= self.classes:
             raise SlcFormatError(f"expected word ranks < {self.classes}, got {int(ranks.max())}")
         idx = self.word_of[ranks].reshape(n, k)
-        if self.values_codec is None:
+        if self.values == "f32":
+            s = f32_values(idx, np.frombuffer(raw_vals, "<f4").reshape(n, k))
+        elif self.values_codec is None:
             p = from_bf16(np.frombuffer(raw_vals, "<u2")).reshape(n, k)
             total = p.sum(1, dtype=np.float64)
             ok = n == 0 or (p.min() >= 0 and p.max() <= 1 and total.max() <= 1 + 1e-2 * k)
@@ -294,8 +314,8 @@ class TopKVQCodec(TokenCodec):
     @classmethod
     def planned_payload(cls, params, classes, n):
         idx = n * params["k"] * index_bytes(classes)
-        if params["values"] == "bf16":
-            return idx + 2 * n * params["k"]
+        if params["values"] in ("bf16", "f32"):
+            return idx + (2 if params["values"] == "bf16" else 4) * n * params["k"]
         vq = params.get("vq") or {"k": params["codes"], "dh": params["m"], "dc": 1}
         return idx + packed_size(n * (vq["dh"] // vq["dc"]), bits_for(vq["k"]))
 
@@ -351,7 +371,8 @@ class TopKVQCodec(TokenCodec):
             dc = latent_width(k, params["m"])
             cfg = FitConfig(seed=seed, steps=int(params.get("steps", FitConfig.steps)))
             values = VQAECodec.fit(collapse(s), params["codes"], dc, dc * params["m"], cfg, "<f2")
-        return cls(classes, k, order, values, params["tail"], prior, w if params["tail"] in PRIOR_TAILS else None)
+        return cls(classes, k, order, values, params["tail"], prior, w if params["tail"] in PRIOR_TAILS else None,
+                   raw=params["values"])
 
 
 def frequency_order(counts: np.ndarray) -> np.ndarray:
