@@ -46,7 +46,7 @@ def import_(fmt, src, output, images, size, mean, std, sampler_seed, classes, vo
     rep = Reporter(quiet)
     opts = compress_options(**codec)
     imported = open_import(fmt, src, log=rep.log, seed=sampler_seed, classes=classes, vocab=vocab, k=topk,
-                           config=dk_config)
+                           config=dk_config, progress=rep.counted("read", "file"))
     try:
         s = imported.summary
         rep.log(f"found {s.get('format')}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"

@@ -157,8 +157,10 @@ class FkdStore:
     """All files' arrays, epoch-major, in two temporary files made by one pass (:meth:`build`)."""
 
     def __init__(self, paths: list[str], crops: int, k: int, coord_dtype: np.dtype, label_dtype: np.dtype,
-                 classes: int, workdir: str | None = None, log: Callable[[str], None] = lambda s: None):
+                 classes: int, workdir: str | None = None, log: Callable[[str], None] = lambda s: None,
+                 progress: Callable[[int, int], None] | None = None):
         self.paths, self.crops, self.k, self.classes, self.workdir, self.log = paths, crops, k, classes, workdir, log
+        self.progress = progress  # (files read, of how many) during the one pass
         self.crop_dtype = np.dtype([("coords", coord_dtype, (4,)), ("flip", np.bool_)])
         self.label_dtype = np.dtype((label_dtype, (2, k)))
         self.files: list = []  # [crops file, labels file] once built
@@ -191,6 +193,8 @@ class FkdStore:
                 labels = np.empty((e_count, b - a, 2, self.k), self.label_dtype.base)
                 for i in range(a, b):
                     crops["coords"][:, i - a], crops["flip"][:, i - a], labels[:, i - a] = self.check(self.paths[i])
+                if self.progress:
+                    self.progress(b - a, n)
                 for f, arr, dtype in zip(files, (crops, labels), (self.crop_dtype, self.label_dtype)):
                     for e in range(e_count):
                         _write(f, arr[e].tobytes(), (e * n + a) * dtype.itemsize)
@@ -265,7 +269,7 @@ class FkdCrops(CropStream):
 
 
 def open_fkd(root: str, *, classes: int | None = None, log: Callable[[str], None] = lambda s: None,
-             workdir: str | None = None) -> Imported:
+             workdir: str | None = None, progress: Callable[[int, int], None] | None = None) -> Imported:
     """FKD's per-image label files under ``root`` (their ``--softlabel_path``, or its ``train/``).
 
     Only the first file is read here; the others are read and checked (same crop count and K, indices
@@ -282,7 +286,7 @@ def open_fkd(root: str, *, classes: int | None = None, log: Callable[[str], None
         raise SlcInputError(f"expected more classes than the top-{k} stored, got --classes {classes}")
     if crops < 1:
         raise SlcInputError(f"expected at least one crop per image, got 0 in {paths[0]}")
-    store = FkdStore(paths, crops, k, coords.dtype, labels.dtype, classes, workdir, log)
+    store = FkdStore(paths, crops, k, coords.dtype, labels.dtype, classes, workdir, log, progress)
     summary = {"format": "fkd", "files": len(paths), "epochs": crops, "images": len(paths),
                "crops": crops * len(paths), "dtype": str(labels.dtype), "classes": classes, "topk": k, "bytes": total}
     identity = {"input": os.path.abspath(root), "files": len(paths), "bytes": total, "mtime_ns": newest}

@@ -34,6 +34,8 @@ def open_import(fmt: str, src: str, *, log: Callable[[str], None] = lambda line:
 
     fmt = detect(src) if fmt == "auto" else fmt
     options = {k: v for k, v in options.items() if v is not None}
+    if fmt != "fkd":
+        options.pop("progress", None)  # only FKD makes a pass of its own before the labels stream
     if fmt in ("sre2l", "cda", "lpld", "lpqld", "hald"):
         from slc.interop.batches import open_batches
 
@@ -41,7 +43,7 @@ def open_import(fmt: str, src: str, *, log: Callable[[str], None] = lambda line:
     if fmt == "fkd":
         from slc.interop.fkd import open_fkd
 
-        return open_fkd(src, log=log, **_only(options, fmt, "classes"))
+        return open_fkd(src, log=log, **_only(options, fmt, "classes", "progress"))
     if fmt == "vllm":
         from slc.interop.vllm import open_vllm
 
@@ -70,6 +72,9 @@ def import_file(imported: Imported, out: str | os.PathLike, opts: CompressOption
     T = imported.temperature if opts.temperature is None else opts.temperature
     if opts.temperature is None:
         log(f"temperature: T={T:g}, what {imported.format}'s reference trainer uses (-T to change)")
+    elif T != imported.temperature:
+        log(f"temperature: re-tempering {imported.format}'s T={imported.temperature:g} labels to T={T:g}: the labels "
+            "(and what a student learns from them) change")
     user = {**opts.user, "import": {k: v for k, v in imported.summary.items() if k != "names"}}
     opts = CompressOptions.of(opts, source=imported.source, temperature=T, user=user, **token_defaults(imported, opts, log))
     extras = Extras(request={"import": imported.identity})
