@@ -111,9 +111,9 @@ def write_sre2l(slc_path: str, images, out_dir: str, *, batch_size: int | None =
 
 
 def _is_their_sampler(index: dict, n: int) -> bool:
-    from slc.interop.batches import SAMPLER_SEED, _sampler_orders
+    from slc.interop.batches import SAMPLER_SEED, sampler_orders
 
-    orders = _sampler_orders(n, len(index), SAMPLER_SEED)
+    orders = sampler_orders(n, len(index), SAMPLER_SEED)
     return all(o.tolist() == index[str(e)] for e, o in enumerate(orders))
 
 

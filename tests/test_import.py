@@ -137,11 +137,11 @@ def test_replayed_crops_match_their_pipeline_within_resampling(made, fmt):
 def test_sampler_replay_is_their_dataloader(tmp_path):
     """SRe2L stores no image indices: the order is their RandomSampler (generator seeded 42), replayed."""
     from import_fixtures.sre2l import batch_orders
-    from slc.interop.batches import _sampler_orders
+    from slc.interop.batches import sampler_orders
 
     for n, b in ((20, 8), (37, 5)):
         theirs = batch_orders(n, b, 4)
-        ours = _sampler_orders(n, 4, 42)
+        ours = sampler_orders(n, 4, 42)
         assert [sum(bs, []) for bs in theirs] == [o.tolist() for o in ours]
 
 

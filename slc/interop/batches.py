@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from slc.errors import SlcInputError
-from slc.interop.base import Imported, tree_bytes
+from slc.interop.base import Imported, input_identity
 from slc.interop.crops import BatchCrops, CropStream
 from slc.interop.safeload import load
 from slc.sources import LabelSource
@@ -77,7 +77,7 @@ def _rows(path: str, item: int | None = None) -> int:
     return len(_items(batch, path)[1])
 
 
-def _sampler_orders(n: int, epochs: int, seed: int) -> list[np.ndarray]:
+def sampler_orders(n: int, epochs: int, seed: int) -> list[np.ndarray]:
     """The image order of every epoch of ``DataLoader(sampler=RandomSampler(generator=manual_seed(seed)))``
     reused across epochs, as SRe2L relabels: each epoch draws ``randperm(n)`` and an empty tail ``randperm(n)[:0]``."""
     import torch
@@ -135,7 +135,7 @@ def find_sre2l(root: str, *, seed: int = SAMPLER_SEED, log: Callable[[str], None
     last = _rows(files[0][-1])
     n = rows * (len(files[0]) - 1) + last
     log(f"image order: torch RandomSampler seeded {seed} over {n} images (SRe2L's --fkd-seed), one permutation per epoch")
-    orders = _sampler_orders(n, len(files), seed)
+    orders = sampler_orders(n, len(files), seed)
     return "sre2l", [_cut(fs, o, rows, os.path.dirname(fs[0])) for fs, o in zip(files, orders)]
 
 
@@ -271,6 +271,21 @@ def dense_labels(items: tuple, fmt: str, classes: int | None, temperature: float
 
 
 # ---------------------------------------------------------------- the import
+class _Opened:
+    """Stored batches by reference; a HALD epoch file (every batch of an epoch) is mapped once, not per batch."""
+
+    def __init__(self, mmap: bool):
+        self.mmap = mmap
+        self._file: tuple[str, object] | None = None
+
+    def __call__(self, ref: BatchRef):
+        if ref.item is None:
+            return _items(load(ref.path, mmap=self.mmap), ref.path)
+        if self._file is None or self._file[0] != ref.path:
+            self._file = (ref.path, load(ref.path, mmap=True))
+        return _items(self._file[1][ref.item], ref.path)
+
+
 class BatchLabels(LabelSource):
     """``(E, N, C)`` labels over stored batches; holds at most two decoded batches (bounded memory)."""
 
@@ -285,14 +300,13 @@ class BatchLabels(LabelSource):
         self.shape = (len(epochs), int(self.starts[-1]), classes)
         self.dtype, self.name = np.dtype(np.float32), name
         self._cache: dict[tuple[int, int], np.ndarray] = {}
-        self._file: tuple[str, object] | None = None  # HALD: the open epoch file (mapped)
+        self._open = _Opened(mmap=False)
 
     def batch(self, e: int, b: int) -> np.ndarray:
         key = (e, b)
         if key not in self._cache:
             ref = self.epochs[e][b]
-            items = _items(self._load(ref), ref.path)
-            labels = dense_labels(items, self.fmt, self.classes, self.temperature, ref.path)
+            labels = dense_labels(self._open(ref), self.fmt, self.classes, self.temperature, ref.path)
             if len(labels) != len(ref.images):
                 raise SlcInputError(f"expected {len(ref.images)} rows (the sampler's batch), got {len(labels)} in "
                                     f"{ref.path}")
@@ -300,13 +314,6 @@ class BatchLabels(LabelSource):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = labels
         return self._cache[key]
-
-    def _load(self, ref: BatchRef):
-        if ref.item is None:
-            return load(ref.path)
-        if self._file is None or self._file[0] != ref.path:
-            self._file = (ref.path, load(ref.path, mmap=True))
-        return self._file[1][ref.item]
 
     def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, self.classes), np.float32)
@@ -331,15 +338,9 @@ class BatchCropStream(CropStream):
         return np.concatenate([r.images for r in self.refs[e]])
 
     def epoch(self, e: int) -> Iterator[BatchCrops]:
-        opened: tuple[str, object] | None = None
+        opened = _Opened(mmap=True)
         for ref in self.refs[e]:
-            if ref.item is None:
-                obj = load(ref.path, mmap=True)
-            else:
-                if opened is None or opened[0] != ref.path:
-                    opened = (ref.path, load(ref.path, mmap=True))
-                obj = opened[1][ref.item]
-            yield batch_crops(_items(obj, ref.path), ref.images, ref.path)
+            yield batch_crops(opened(ref), ref.images, ref.path)
 
 
 def open_batches(root: str, fmt: str = "auto", *, seed: int = SAMPLER_SEED, classes: int | None = None,
@@ -361,8 +362,7 @@ def open_batches(root: str, fmt: str = "auto", *, seed: int = SAMPLER_SEED, clas
         found, epochs = find_hald(root, log=log)
     T = TEMPERATURE if temperature is None else temperature
     first = epochs[0][0]
-    probe = _items(load(first.path, mmap=True) if first.item is None else load(first.path, mmap=True)[first.item],
-                   first.path)
+    probe = _Opened(mmap=True)(first)
     stored_dtype = str(np.asarray(probe[5]).dtype)
     if len(probe) == 7 and classes is None:
         raise SlcInputError(f"expected --classes for LPQLD top-k files (they store class indices only), got none "
@@ -374,11 +374,10 @@ def open_batches(root: str, fmt: str = "auto", *, seed: int = SAMPLER_SEED, clas
     paths = sorted({r.path for refs in epochs for r in refs})
     source = "logits"  # probabilities at T (HALD) and LPQLD's top-k arrive as logits at T: see dense_labels
     e, n, _ = labels.shape
+    identity = {**input_identity(paths, root), "seed": seed, "per_epoch": per_epoch}
     summary = {"format": found, "files": len(paths), "epochs": e, "batches": sum(len(r) for r in epochs),
                "batch": len(first.images), "crops": e * n, "dtype": stored_dtype, "classes": c,
                "topk": int(np.asarray(probe[5]).shape[1]) if len(probe) == 7 else None, "mix": mix,
                "stored": {"hald": "probabilities"}.get(found, "logits") if len(probe) == 6 else "top-k logits",
-               "bytes": tree_bytes(paths)}
-    identity = {"input": os.path.abspath(root), "files": len(paths), "bytes": summary["bytes"],
-                "mtime_ns": max(os.stat(p).st_mtime_ns for p in paths), "seed": seed, "per_epoch": per_epoch}
+               "bytes": identity["bytes"]}
     return Imported(found, labels, source, T, crops, summary=summary, identity=identity)

@@ -55,6 +55,10 @@ class CropStream:
     def epoch(self, e: int) -> Iterator[BatchCrops]:
         raise NotImplementedError
 
+    def check_images(self, images) -> None:
+        """Fail before writing if ``images`` (an :class:`~slc.vision.images.ImageSet`) are not the labels' own,
+        where the stream can tell (FKD names a file per image); the replay digest checks the rest later."""
+
     def order(self, e: int) -> np.ndarray:
         """The image of every position of epoch ``e`` (a stream that knows it without reading files overrides this)."""
         return np.concatenate([np.asarray(b.images, np.int64) for b in self.epoch(e)])
@@ -121,18 +125,16 @@ def _check_images(images: np.ndarray, count: int, e: int) -> None:
                             f"epoch {e}")
 
 
-def epoch_records(stream: CropStream, e: int, sizes: np.ndarray, size: int) -> tuple[bytes, bytes, bytes]:
-    """``(crops.order, crops.boxes, crops.mix)`` bytes of epoch ``e`` (mix empty when the file does not mix)."""
-    order, boxes, mixes, first = [], [], [], 0
+def epoch_records(stream: CropStream, e: int, sizes: np.ndarray, size: int) -> tuple[bytes, bytes]:
+    """``(crops.boxes, crops.mix)`` bytes of epoch ``e`` (mix empty when the file does not mix)."""
+    boxes, mixes, first = [], [], 0
     for batch in stream.epoch(e):
         images = np.asarray(batch.images, np.int64)
         _check_images(images, len(sizes), e)
-        order.append(images.astype(ORDER_DTYPE))
         boxes.append(pixel_boxes(batch.coords, batch.flip, sizes[images], stream.rule))
         if stream.mix != "none":
             mixes.append(mix_records(batch, first, size))
         first += len(images)
     if first != stream.n:
         raise SlcInputError(f"expected {stream.n} crops in epoch {e}, got {first}")
-    join = lambda parts: b"".join(p.tobytes() for p in parts)  # noqa: E731
-    return join(order), join(boxes), join(mixes)
+    return b"".join(b.tobytes() for b in boxes), b"".join(m.tobytes() for m in mixes)

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from slc.errors import SlcInputError
-from slc.interop.base import Imported
-from slc.interop.vllm import TempSparse, input_identity, temp_arrays
+from slc.interop.base import Imported, TempSparse, input_identity, temp_arrays
 
 Log = Callable[[str], None]
 COLUMNS = ("input_ids", "compressed_logprobs", "bytepacked_indices")

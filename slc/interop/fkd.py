@@ -33,6 +33,7 @@ slice. Memory stays bounded by one chunk of :data:`CHUNK_BYTES`.
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
 import time
 from typing import Callable, Iterator
@@ -40,7 +41,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from slc.errors import SlcInputError
-from slc.interop.base import Imported
+from slc.interop.base import Imported, input_identity
 from slc.interop.crops import BatchCrops, CropStream
 from slc.interop.safeload import load
 from slc.sources import LabelSource
@@ -70,18 +71,16 @@ def label_folder(root: str) -> str:
                         f"ROOT being their --softlabel_path), got none in {root}")
 
 
-def list_files(top: str) -> tuple[list[str], list[str], int, int]:
-    """``(paths, names, bytes, newest mtime_ns)`` of the ``.tar`` files under ``top``, in ImageFolder order."""
-    paths, names, total, newest = [], [], 0, 0
+def list_files(top: str) -> tuple[list[str], list[str]]:
+    """``(paths, names)`` of the ``.tar`` files under ``top``, in ImageFolder order."""
+    paths, names = [], []
     for cls in sorted(e.name for e in os.scandir(top) if e.is_dir()):
         files = sorted((e for e in os.scandir(os.path.join(top, cls)) if e.name.endswith(".tar") and e.is_file()),
                        key=lambda e: e.name)
         for entry in files:
-            st = entry.stat()
             paths.append(entry.path)
             names.append(f"{cls}/{entry.name[:-4]}")
-            total, newest = total + st.st_size, max(newest, st.st_mtime_ns)
-    return paths, names, total, newest
+    return paths, names
 
 
 # ---------------------------------------------------------------- one file
@@ -261,6 +260,12 @@ class FkdCrops(CropStream):
         self.store, self.names = store, names
         self.epochs, self.n = store.crops, len(names)
 
+    def check_images(self, images) -> None:
+        stems = [posixpath.join(posixpath.dirname(n), posixpath.basename(n).split(".")[0]) for n in images.names]
+        if stems != self.names:
+            raise SlcInputError(f"expected the images the labels were made for ({self.n}, e.g. {self.names[0]}), got "
+                                f"{len(images)} in {images.source}")
+
     def epoch(self, e: int) -> Iterator[BatchCrops]:
         for a in range(0, self.n, CROP_ROWS):
             b = min(self.n, a + CROP_ROWS)
@@ -276,7 +281,7 @@ def open_fkd(root: str, *, classes: int | None = None, log: Callable[[str], None
     below ``classes``) by the first read of labels or crops, which makes the epoch-major copy in ``workdir``.
     """
     top = label_folder(root)
-    paths, names, total, newest = list_files(top)
+    paths, names = list_files(top)
     coords, _, labels = read_file(paths[0])
     crops, k = labels.shape[0], labels.shape[2]
     if classes is None:
@@ -287,8 +292,9 @@ def open_fkd(root: str, *, classes: int | None = None, log: Callable[[str], None
     if crops < 1:
         raise SlcInputError(f"expected at least one crop per image, got 0 in {paths[0]}")
     store = FkdStore(paths, crops, k, coords.dtype, labels.dtype, classes, workdir, log, progress)
+    identity = input_identity(paths, root)
     summary = {"format": "fkd", "files": len(paths), "epochs": crops, "images": len(paths),
-               "crops": crops * len(paths), "dtype": str(labels.dtype), "classes": classes, "topk": k, "bytes": total}
-    identity = {"input": os.path.abspath(root), "files": len(paths), "bytes": total, "mtime_ns": newest}
+               "crops": crops * len(paths), "dtype": str(labels.dtype), "classes": classes, "topk": k,
+               "bytes": identity["bytes"]}
     return Imported(format="fkd", labels=FkdLabels(store, top), source="probs", temperature=1.0,
                     crops=FkdCrops(store, names), summary=summary, identity=identity)

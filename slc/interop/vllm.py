@@ -32,49 +32,17 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
 from slc.errors import SlcInputError
-from slc.interop.base import Imported
-from slc.sources import ArraySource, SparseSource
+from slc.interop.base import Imported, TempSparse, input_identity, temp_arrays
 
 Log = Callable[[str], None]
 SENTINEL = -9999.0  # vLLM's server writes -inf as -9999.0 (serving_engine.clamp_prompt_logprobs)
 NO_RANK = np.iinfo(np.int64).max
-
-
-class TempSparse(SparseSource):
-    """A :class:`SparseSource` over memory-mapped arrays in a temporary folder, removed by :meth:`close`."""
-
-    def __init__(self, tmp: tempfile.TemporaryDirectory, values: np.ndarray, indices: np.ndarray, vocab: int,
-                 name: str):
-        super().__init__(ArraySource(values, name), ArraySource(indices, name, kinds="iu"), vocab)
-        self.tmp = tmp
-
-    def close(self) -> None:
-        super().close()
-        self.tmp.cleanup()
-
-
-def temp_arrays(n: int, k: int, vocab_hint: int) -> tuple[tempfile.TemporaryDirectory, np.ndarray, np.ndarray,
-                                                           np.ndarray]:
-    """A temporary folder and three arrays mapped in it: values (n, k) float32, word ids (n, k), input tokens (n,)."""
-    tmp = tempfile.TemporaryDirectory(prefix="slc-import-")
-    ids = np.int32 if vocab_hint < 2 ** 31 else np.int64
-    values = np.lib.format.open_memmap(os.path.join(tmp.name, "values.npy"), "w+", np.float32, (n, k))
-    words = np.lib.format.open_memmap(os.path.join(tmp.name, "indices.npy"), "w+", ids, (n, k))
-    tokens = np.lib.format.open_memmap(os.path.join(tmp.name, "tokens.npy"), "w+", ids, (n,))
-    return tmp, values, words, tokens
-
-
-def input_identity(paths: list[str], root: str) -> dict:
-    """What identifies an input for ``--resume``: its path, files, bytes and latest mtime."""
-    return {"input": os.path.abspath(root), "files": len(paths), "bytes": sum(os.path.getsize(p) for p in paths),
-            "mtime_ns": max(os.stat(p).st_mtime_ns for p in paths)}
 
 
 # ---------------------------------------------------------------- reading records

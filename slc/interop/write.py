@@ -10,7 +10,6 @@ as the original trainer would. What was found is kept in the header (``user.impo
 from __future__ import annotations
 
 import os
-import posixpath
 from typing import Callable
 
 import numpy as np
@@ -109,11 +108,7 @@ def crop_extras(stream: CropStream, images, size: int, mean, std, log: Callable[
     from slc.vision.images import ImageSet, open_images
 
     imgs = images if isinstance(images, ImageSet) else open_images(images, log=log)
-    names = getattr(stream, "names", None)
-    if names is not None and [posixpath.join(posixpath.dirname(n), posixpath.basename(n).split(".")[0])
-                              for n in imgs.names] != list(names):
-        raise SlcInputError(f"expected the images the labels were made for ({len(names)}, e.g. {names[0]}), got "
-                            f"{len(imgs)} in {imgs.source}")
+    stream.check_images(imgs)
     recipe = Recipe.for_channels(3, mean, std, size=size, order="stored", boxes="stored", mix=stream.mix,
                                  mix_group=stream.batch if stream.mix != "none" else 0)
     info = ReplayInfo(recipe, len(imgs), imgs.digest(), os.path.basename(os.path.normpath(imgs.source)), imgs.classes)
@@ -142,7 +137,7 @@ class _MixSpill:
 
         self.file, self.done = tempfile.TemporaryFile(), 0
         for e in range(self.stream.epochs):
-            _, boxes, mixes = epoch_records(self.stream, e, self.sizes, self.size)
+            boxes, mixes = epoch_records(self.stream, e, self.sizes, self.size)
             self.file.write(mixes)
             self.done = e + 1
             yield boxes
@@ -150,7 +145,7 @@ class _MixSpill:
     def mixes(self):
         if self.file is None or self.done < self.stream.epochs:  # the boxes were not streamed whole: read again
             for e in range(self.stream.epochs):
-                yield epoch_records(self.stream, e, self.sizes, self.size)[2]
+                yield epoch_records(self.stream, e, self.sizes, self.size)[1]
             return
         self.file.seek(0)
         try:

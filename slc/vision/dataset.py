@@ -52,7 +52,7 @@ class CropDataset(Dataset):
         self.size = size  # resize the teacher's (mixed) crop to this for a student; None: as the teacher saw it
         self._stored = stored  # imported crops: order, boxes and mixes read from the file (recipe order "stored")
         self.n = len(images) if stored is None else stored.n  # positions per epoch
-        self._boxes = boxes if stored is None else stored.boxes
+        self._boxes = boxes
         self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None  # per-process cache of one epoch
 
     def __len__(self) -> int:
@@ -136,8 +136,6 @@ class SoftLabelDataset(Dataset):
             info = read_replay(f)
             self.shape = f.shape
             fps = f.section(FINGERPRINTS, info.images * 16)
-            stored = BOXES in f.layout.sections
-            boxes_len = f.layout.sections[BOXES].length if stored else 0
             lengths = {name: sec.length for name, sec in f.layout.sections.items()}
             self.file_temperature = f.temperature
             epoch_ids = f.epoch_ids
@@ -153,10 +151,7 @@ class SoftLabelDataset(Dataset):
             expect(n == info.images, f"{info.images} labels per epoch (one per image)", n)
         boxes = None
         if info.recipe.boxes == "stored":
-            expect(stored, f"a {BOXES!r} section (the recipe says boxes are stored)", "none")
-            expect(boxes_len == e * n * BOX_DTYPE.itemsize, f"{e * n * BOX_DTYPE.itemsize} bytes of crop boxes",
-                   boxes_len)
-            boxes = _StoredBoxes(self.path, n)
+            boxes = _EpochRecords.of(self.path, lengths, BOXES, BOX_DTYPE, e, n, "boxes are")
         stored = _StoredCrops.of(self.path, info, self.shape, lengths) if imported else None
         self.crops = CropDataset(imgs, info.recipe, e, boxes, epoch_ids=epoch_ids, stored=stored)
         self._file = None  # opened lazily in each worker process
@@ -315,49 +310,47 @@ class DistributedEpochSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
-class _StoredBoxes:
-    """Reads one epoch of the ``crops.boxes`` section (picklable: reopens per process)."""
+class _EpochRecords:
+    """One epoch of a per-label section (``crops.boxes``, ``crops.order``, ``crops.mix``); picklable: reopens per
+    process."""
 
-    def __init__(self, path: str, n: int):
-        self.path, self.n = path, n
+    def __init__(self, path: str, n: int, name: str, dtype: np.dtype):
+        self.path, self.n, self.name, self.dtype = path, n, name, dtype
+
+    @classmethod
+    def of(cls, path: str, lengths: dict[str, int], name: str, dtype: np.dtype, e: int, n: int,
+           what: str) -> "_EpochRecords":
+        """The section's reader, once its presence and length are checked (``what`` the recipe says is stored)."""
+        expect(name in lengths, f"a {name!r} section (the recipe says {what} stored)", "none")
+        expect(lengths[name] == e * n * dtype.itemsize, f"{e * n * dtype.itemsize} bytes of {name}", lengths[name])
+        return cls(path, n, name, dtype)
 
     def __call__(self, epoch: int) -> np.ndarray:
         from slc.reader import open_slc
 
-        size = BOX_DTYPE.itemsize
+        size = self.dtype.itemsize
         with open_slc(self.path) as f:
-            data = f.section_range(BOXES, epoch * self.n * size, self.n * size)
-        return np.frombuffer(data, BOX_DTYPE)
+            data = f.section_range(self.name, epoch * self.n * size, self.n * size)
+        return np.frombuffer(data, self.dtype)
 
 
 class _StoredCrops:
     """Imported crops (recipe order ``"stored"``): each label's image (``crops.order``) and mix (``crops.mix``)."""
 
-    def __init__(self, path: str, n: int, images: int, mixed: bool, size: int):
-        self.path, self.n, self.images, self.mixed, self.size = path, n, images, mixed, size
-        self.boxes = _StoredBoxes(path, n)
+    def __init__(self, n: int, images: int, size: int, order: _EpochRecords, mixes: _EpochRecords | None):
+        self.n, self.images, self.size, self._order, self._mixes = n, images, size, order, mixes
         self._mix: tuple[int, np.ndarray] | None = None
 
     @classmethod
     def of(cls, path: str, info: ReplayInfo, shape: tuple[int, int, int], lengths: dict[str, int]) -> "_StoredCrops":
         e, n, _ = shape
-        mixed = info.recipe.mix != "none"
-        for name, dtype, needed in ((ORDER, ORDER_DTYPE, True), (MIX, MIX_DTYPE, mixed)):
-            if needed:
-                expect(name in lengths, f"a {name!r} section (the recipe says crops are stored)", "none")
-                expect(lengths[name] == e * n * dtype.itemsize, f"{e * n * dtype.itemsize} bytes of {name}",
-                       lengths[name])
-        return cls(path, n, info.images, mixed, info.recipe.size)
-
-    def _read(self, name: str, dtype: np.dtype, epoch: int) -> np.ndarray:
-        from slc.reader import open_slc
-
-        with open_slc(self.path) as f:
-            data = f.section_range(name, epoch * self.n * dtype.itemsize, self.n * dtype.itemsize)
-        return np.frombuffer(data, dtype)
+        order = _EpochRecords.of(path, lengths, ORDER, ORDER_DTYPE, e, n, "crops are")
+        mixes = (_EpochRecords.of(path, lengths, MIX, MIX_DTYPE, e, n, "crops are")
+                 if info.recipe.mix != "none" else None)
+        return cls(n, info.images, info.recipe.size, order, mixes)
 
     def order(self, epoch: int) -> np.ndarray:
-        order = self._read(ORDER, ORDER_DTYPE, epoch).astype(np.int64)
+        order = self._order(epoch).astype(np.int64)
         if len(order) and order.max() >= self.images:
             p = int(np.argmax(order))
             raise SlcFormatError(f"expected stored image indices below {self.images}, got {order[p]} at position {p} "
@@ -366,7 +359,7 @@ class _StoredCrops:
 
     def mix(self, epoch: int, position: int) -> Mix:
         if self._mix is None or self._mix[0] != epoch:
-            self._mix = (epoch, self._read(MIX, MIX_DTYPE, epoch))
+            self._mix = (epoch, self._mixes(epoch))
         r = self._mix[1][position]
         partner = int(r["partner"])
         inside = r["y0"] <= r["y1"] <= self.size and r["x0"] <= r["x1"] <= self.size
