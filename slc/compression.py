@@ -519,13 +519,13 @@ def sniff(job: Job) -> tuple[Kind, list[Block], Iterator, np.ndarray | None]:
     got, kind = 0, "logits"
     for e, s, block in blocks:
         if not first and not sparse:
-            kind = detect_source(block) if opts.source == "auto" else opts.source
-        if not sparse:
+            kind = detect_source(host(block)) if opts.source == "auto" else opts.source
+        if not sparse and not src.checked:
             check_block(block, kind, e * n + s, job.token_level)
         lp = None
-        if head is not None:
+        if head is not None:  # the fit sample crosses to the host once, dense; a token codec's blocks stay put
             lp = head[got:got + len(block)]
-            lp[:] = to_logp(block, kind, opts.temperature)
+            lp[:] = to_logp(host(block), kind, opts.temperature)
             if not job.token_level:  # token codecs select from the raw block (same bytes as a file input)
                 block = None
         first.append((e, s, block, lp))
@@ -533,6 +533,11 @@ def sniff(job: Job) -> tuple[Kind, list[Block], Iterator, np.ndarray | None]:
         if got >= want:
             break
     return kind, first, blocks, None if head is None else head[:want]
+
+
+def host(block) -> np.ndarray:
+    """A block as a host array (a source may leave its blocks as tensors on the teacher's device)."""
+    return block if isinstance(block, np.ndarray) else block.cpu().numpy()
 
 
 # ---------------------------------------------------------------- 5. fit
@@ -717,12 +722,12 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
         if (e, s) != want:  # a source must tile in order
             raise SlcInputError(f"expected a block at epoch {want[0]} sample {want[1]}, got epoch {e} sample {s}")
         if not isinstance(block, SparseLabels):
-            if lp is None:
+            if lp is None and not job.src.checked:
                 check_block(block, kind, e * n + s, job.token_level)
-            if job.token_level:  # top k straight from the teacher's output: no dense log-softmax written
+            if job.token_level:  # top k straight from the teacher's output (on its device): no dense log-softmax
                 block, lp = enc.select(block, kind, temperature), None
             elif lp is None:
-                lp = to_logp(block, kind, temperature)
+                lp = to_logp(host(block), kind, temperature)
         parts.append(block if lp is None else lp)
         rows += len(parts[-1])
         if rows < count:

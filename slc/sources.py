@@ -23,6 +23,7 @@ class LabelSource:
     seekable: bool = True
     name: str = ""
     progress_total: int | None = None  # labels a progress bar counts to: all of them, or a part's (see work_on)
+    checked: bool = False  # blocks come validated (finite, normalised: slc.codecs.labels.check_block's rules)
 
     def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError

@@ -109,3 +109,30 @@ def test_encode_lm_ratio_is_met_after_zstd(lm_setup, tmp_path):
     dense = sum(map(len, seqs)) * V * 2
     assert 12 <= dense / out.stat().st_size <= 1.1 * 12, p.stderr.decode()
     assert "value codes keep" in p.stderr.decode()
+
+
+@pytest.mark.parametrize("values", ["vqae", "f32"])
+def test_selection_on_the_teachers_device_writes_the_host_paths_bytes(lm_setup, tmp_path, values):
+    """On a CPU teacher the device path (blocks left as tensors, selected there) is the host path, byte for byte."""
+    d, _, _ = lm_setup
+    opts = dict(codec="topk-vq", options={"k": 8, "m": 4, "steps": 30, "values": values}, chunk_size=48)
+    for name, on_device in (("device", True), ("host", False)):
+        encode_lm(d / "lm.pt", d / "text.txt", tmp_path / f"{name}.slc", vocab_file=str(d / "vocab.txt"),
+                  device_select=on_device, **opts)
+    assert (tmp_path / "device.slc").read_bytes() == (tmp_path / "host.slc").read_bytes()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_selection_on_cuda_matches_the_cpu_teacher(lm_setup, tmp_path):
+    """A CUDA teacher selects on the GPU: the same words and values (float32 rounding apart) as the CPU run."""
+    d, _, _ = lm_setup
+    opts = dict(codec="topk-vq", options={"k": 8, "values": "f32"}, chunk_size=48,
+                vocab_file=str(d / "vocab.txt"))
+    for dev in ("cpu", "cuda"):
+        encode_lm(d / "lm.pt", d / "text.txt", tmp_path / f"{dev}.slc", device=dev, **opts)
+    with slc.open_slc(tmp_path / "cpu.slc") as a, slc.open_slc(tmp_path / "cuda.slc") as b:
+        sa, sb = a.sparse(), b.sparse()
+    same = (sa.indices == sb.indices).all(1)
+    assert same.mean() > 0.99  # rows differ only where two words tie within float32 rounding
+    np.testing.assert_allclose(sb.logp[same], sa.logp[same], atol=2e-5)
+    np.testing.assert_allclose(sb.tail[same], sa.tail[same], atol=2e-5)

@@ -57,7 +57,8 @@ def top_k(x: torch.Tensor, k: int, block: int = BLOCK) -> tuple[torch.Tensor, to
     bm = x[:, :nb * block].unflatten(1, (nb, block)).amax(2)
     if v > nb * block:  # the last, short block
         bm = torch.cat([bm, x[:, nb * block:].amax(1, keepdim=True)], 1)
-    cols = (torch.topk(bm, k, 1, sorted=False).indices.unsqueeze(2) * block + torch.arange(block)).flatten(1)
+    cols = (torch.topk(bm, k, 1, sorted=False).indices.unsqueeze(2) * block
+            + torch.arange(block, device=x.device)).flatten(1)
     outside = cols >= v
     cand = x.gather(1, cols.clamp_(max=v - 1)).masked_fill_(outside, float("-inf"))
     vals, pos, _ = top_k(cand, k, block // 8)
@@ -70,16 +71,18 @@ def logsumexp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     Computed as ``m + log sum 2^((x - m) log2 e)`` a few rows at a time in a reused buffer: a
     whole-block ``exp`` writes n x V floats to memory, and on AVX2 CPUs ``exp2`` and a float32 sum
     are 1.5x and 9x faster than ``exp`` and a float64 sum (2.1x in all at V = 50k; error < 1e-6).
+    On an accelerator the whole block is one step (launches cost more than memory there).
     """
     n, v = x.shape
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all -inf row sums to 0 -> -inf
     shift = (m * -LOG2E).unsqueeze(1)
-    total = torch.empty(n)
-    buf = torch.empty(min(n, LSE_ROWS), v)
-    for r in range(0, n, LSE_ROWS):
-        b = buf[:min(LSE_ROWS, n - r)]
-        torch.add(shift[r:r + LSE_ROWS], x[r:r + LSE_ROWS], alpha=LOG2E, out=b).exp2_()
-        total[r:r + LSE_ROWS] = b.sum(1)
+    step = LSE_ROWS if x.device.type == "cpu" else max(n, 1)
+    total = torch.empty(n, device=x.device)
+    buf = torch.empty(min(n, step), v, device=x.device)
+    for r in range(0, n, step):
+        b = buf[:min(step, n - r)]
+        torch.add(shift[r:r + step], x[r:r + step], alpha=LOG2E, out=b).exp2_()
+        total[r:r + step] = b.sum(1)
     return m.double() + total.double().log()
 
 
@@ -90,7 +93,8 @@ def select_topk(logp: np.ndarray | torch.Tensor, k: int, normalised: bool = True
     ``logp``: (n, V) log-probabilities, or any logits with ``normalised=False`` (the log-sum-exp is
     then taken here, which saves writing a log-softmax of the whole block). The tail is
     ``1 - sum(top k)`` in float64, exact enough unless the top k hold nearly all the mass; those
-    rows get the exact log-sum-exp of the other words.
+    rows get the exact log-sum-exp of the other words. A tensor on an accelerator is selected there:
+    only the (n, k) words and values and the (n,) tails come back to the host.
     """
     x = logp.float() if isinstance(logp, torch.Tensor) else as_tensor(logp)
     if not 1 <= k <= x.shape[1]:
@@ -108,7 +112,7 @@ def select_topk(logp: np.ndarray | torch.Tensor, k: int, normalised: bool = True
         tail[small] = exact if lse is None else (exact - lse[small, 0]).float()
     elif k == x.shape[1]:
         tail.fill_(float("-inf"))
-    return SparseLabels(idx.numpy(), vals.numpy(), tail.numpy())
+    return SparseLabels(idx.cpu().numpy(), vals.cpu().numpy(), tail.cpu().numpy())
 
 
 def truncate(s: SparseLabels, k: int) -> SparseLabels:

@@ -202,9 +202,12 @@ class TopKVQCodec(TokenCodec):
     def encode(self, logp: np.ndarray) -> bytes:
         return self.encode_sparse(select_topk(logp, self.k))
 
-    def select(self, block: np.ndarray, kind: str, temperature: float) -> SparseLabels:
-        """Top k of raw teacher output (logits or probabilities) at ``temperature``, without a dense log-softmax."""
-        x = torch.from_numpy(np.ascontiguousarray(block, np.float32))
+    def select(self, block: np.ndarray | torch.Tensor, kind: str, temperature: float) -> SparseLabels:
+        """Top k of raw teacher output (logits or probabilities) at ``temperature``, without a dense log-softmax.
+
+        A tensor is selected where it is (the teacher's device): only the top k and the tails reach the host.
+        """
+        x = block.float() if isinstance(block, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(block, np.float32))
         if kind == "probs":
             x = x.clamp_min(PROB_FLOOR).log()
         return select_topk(x / temperature if temperature != 1 else x, self.k, normalised=False)

@@ -27,13 +27,19 @@ LM_FIT_LABELS = 16384  # tokens of the text's start the codec is fitted on (held
 
 
 class LMSource(LabelSource):
-    """The teacher's log-probabilities at every token of ``sequences``, in order (a stream: one pass)."""
+    """The teacher's log-probabilities at every token of ``sequences``, in order (a stream: one pass).
+
+    Blocks stay on the teacher's device (``on_device``), where ``topk-vq`` selects its words: the host gets
+    the top k, their values and the tails, plus the dense rows of the fit sample once. They are checked
+    as they are made (no NaN, a finite entry per row), so the writer does not check them again.
+    """
 
     seekable = False
+    checked = True
 
     def __init__(self, teacher: LMTeacher, sequences: list[np.ndarray],
-                 on_tokens: Callable[[int, int], None] | None = None):
-        self.teacher, self.sequences = teacher, sequences
+                 on_tokens: Callable[[int, int], None] | None = None, on_device: bool = True):
+        self.teacher, self.sequences, self.on_device = teacher, sequences, on_device
         self.name, self.dtype = "teacher", np.dtype(np.float32)
         self.shape = (1, int(sum(len(s) for s in sequences)), teacher.vocab)
         self.on_tokens = (lambda n: on_tokens(n, self.progress_total or self.shape[1])) if on_tokens else None
@@ -42,7 +48,7 @@ class LMSource(LabelSource):
         # temperature 1 here: compress applies the file's temperature (log_softmax(logp / T) = log_softmax(z / T));
         # a resume after the last chunk was journaled asks for first * rows >= the token count: nothing is left
         for start, block in iter_logp(self.teacher, self.sequences, batch_tokens=rows,
-                                      start_token=min(first * rows, self.shape[1]),
+                                      start_token=min(first * rows, self.shape[1]), on_device=self.on_device,
                                       progress=self.on_tokens):
             yield 0, start, block
 
@@ -63,7 +69,7 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
               device: str = "cpu", allow_pickle: bool = False, force: bool = False, resume: bool = False,
               log: Callable[[str], None] | None = None, progress: Callable | None = None,
               on_tokens: Callable[[int, int], None] | None = None, part: PartSpec | None = None,
-              codec_from: str | os.PathLike | None = None, **given) -> CompressResult:
+              codec_from: str | os.PathLike | None = None, device_select: bool = True, **given) -> CompressResult:
     """Label every token of ``text`` (plain text, one sequence per line, or JSONL) with ``teacher``.
 
     ``teacher``: a TorchScript file or a local ``transformers`` model directory (see
@@ -71,7 +77,8 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
     as keywords (:class:`~slc.compression.CompressOptions`: ``temperature``, ``options`` for the
     ``topk-vq`` parameters ``k``, ``m``, ``codes``, ``values``, ``tail``, ``prior_weight``, ``fit_labels``
     (16,384 tokens by default), ...). ``on_tokens(n, total)``: the teacher labelled ``n`` more of ``total``
-    tokens.
+    tokens. ``device_select=False`` copies the dense log-probabilities to the host and selects there (the
+    bytes are the same on a CPU teacher; on an accelerator only float rounding and exact ties differ).
     """
     opts = CompressOptions.of(opts or CompressOptions(codec="topk-vq", fit_labels=LM_FIT_LABELS), **given,
                               source="logits")
@@ -83,7 +90,7 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
     sequences = teacher.read(os.fspath(text), vocab_file=vocab_file, seq_len=seq_len)
     offsets = offsets_of(sequences)
     ids = np.concatenate(sequences)
-    src = LMSource(teacher, sequences, on_tokens)
+    src = LMSource(teacher, sequences, on_tokens, on_device=device_select)
     n, vocab = src.shape[1], src.shape[2]
     log(f"teacher: {vocab:,} words on {teacher.device} ({teacher.kind}); text: {len(sequences):,} sequences, "
         f"{n:,} tokens from {os.fspath(text)}")

@@ -360,8 +360,8 @@ def offsets_of(sequences: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def iter_logp(teacher: LMTeacher, sequences: Sequence[np.ndarray], *, temperature: float = 1.0,
-              batch_tokens: int = 8192, start_token: int = 0, group: bool = False,
-              progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+              batch_tokens: int = 8192, start_token: int = 0, group: bool = False, on_device: bool = False,
+              progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
     """Teacher-forced ``log_softmax(logits / temperature)`` rows for every token of every sequence.
 
     Yields ``(first_token, block)``: float32 ``(n, V)`` blocks of at most ``batch_tokens``
@@ -372,7 +372,8 @@ def iter_logp(teacher: LMTeacher, sequences: Sequence[np.ndarray], *, temperatur
     ``start_token`` (batching equal-length sequences changes the last bits of a CPU matmul).
     ``group=True`` batches consecutive equal-length sequences up to ``batch_tokens`` tokens
     (faster on a GPU): rows then depend on ``batch_tokens`` in their last bits, not on
-    ``start_token``. ``progress(n)`` gets each block's row count as it is yielded.
+    ``start_token``. ``progress(n)`` gets each block's row count as it is yielded. ``on_device``: blocks
+    are float32 tensors left on the teacher's device (for a selection there), not host arrays.
 
     Memory: one output block plus one forward's logits, ``batch_tokens x V`` at most, except
     for a sequence longer than ``batch_tokens``: it runs whole (``L x V`` logits).
@@ -405,15 +406,16 @@ def iter_logp(teacher: LMTeacher, sequences: Sequence[np.ndarray], *, temperatur
         lo = max(start_token, a) - a
         while lo < b - a:
             if buf is None:
-                buf, filled = np.empty((min(batch_tokens, total - pos), vocab), np.float32), 0
+                rows = min(batch_tokens, total - pos)
+                buf, filled = torch.empty((rows, vocab), device=teacher.device if on_device else "cpu"), 0
             n = min(b - a - lo, len(buf) - filled)
             with torch.inference_mode():
-                torch.from_numpy(buf[filled:filled + n]).copy_(_logp(flat[lo:lo + n], temperature, a + lo))
+                buf[filled:filled + n].copy_(_logp(flat[lo:lo + n], temperature, a + lo))
             filled, lo = filled + n, lo + n
             if filled == len(buf):
                 if progress is not None:
                     progress(filled)
-                yield pos, buf
+                yield pos, buf if on_device else buf.numpy()
                 pos, buf = pos + filled, None
 
 
