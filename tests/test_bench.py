@@ -98,3 +98,50 @@ def test_a_kl_within_one_percent_is_a_tie_and_a_win_that_loses_top1_is_named_as_
     rows[1]["top1_by_t"][4.0] = 0.673
     assert verdicts(rows, [4.0]) == ["T=4 10x: auto (hybrid, top-1 100.0%), KL 0.001: lower KL only from codecs "
                                      "that lose the top-1, best topk at 40.0x (KL 0.0005, top-1 67.3%)"]
+
+
+def test_token_bench_reads_the_held_out_tokens_once_and_scores_each_file_as_the_per_block_decode(tmp_path,
+                                                                                                 monkeypatch):
+    """Held-out tokens normalised once (in memory, or a memmap past MEMORY_BYTES), each bf16 top-k' scored once;
+    every number is exactly what each file's per-block dense decode (``SlcFile.decode``) gives."""
+    import torch
+
+    from slc.bench import tokens
+    from slc.codecs.labels import to_logp
+    from slc.codecs.sparse import expand, kl_rows
+    from slc.reader import open_slc
+    from tests.test_tokens import lm_logits
+
+    z = lm_logits(700, 600)
+    np.save(tmp_path / "l.npy", z)
+    monkeypatch.setattr(tokens, "BLOCK", 64)  # 140 held-out tokens: 3 blocks
+    calls = []
+    bf16_topk = tokens.bf16_topk
+    monkeypatch.setattr(tokens, "bf16_topk", lambda t, k: calls.append(k) or bf16_topk(t, k))
+    rows = ("k=8,steps=30", "k=8,steps=30,tail=prior", "k=4,values=bf16,tail=uniform")
+    runs = []
+    for limit in (2 << 30, 0):  # in memory, then a memmap
+        monkeypatch.setattr(tokens, "MEMORY_BYTES", limit)
+        calls.clear()
+        runs.append(tokens.run_token_bench(tmp_path / "l.npy", rows, workdir=str(tmp_path / f"w{limit}")))
+        assert sorted(calls) == sorted(3 * [*{r["same_bytes_k"] for r in runs[-1]["rows"]}, tokens.RECALL_K])
+    speeds = {"path", "compress_tps", "decode_tps"}
+    assert [{k: v for k, v in r.items() if k not in speeds} for r in runs[0]["rows"]] == [
+        {k: v for k, v in r.items() if k not in speeds} for r in runs[1]["rows"]]
+    assert runs[0]["reference"] == runs[1]["reference"]
+    start = runs[0]["holdout_start"]
+    for r in runs[0]["rows"]:
+        kl, recall, top1, base = [], [], [], []
+        with open_slc(r["path"]) as f:
+            for a in range(start, 700, 64):
+                b = min(700, a + 64)
+                teacher, stored = to_logp(z[a:b], "logits", f.temperature), f.sparse(a, b)
+                q = f.decode(0, a, b, out="logits") / f.temperature
+                kl.append(kl_rows(teacher, q))
+                true = torch.topk(torch.from_numpy(teacher), 20, 1).indices.numpy()
+                recall += [len(np.intersect1d(t, s)) / 20 for t, s in zip(true, stored.indices)]
+                top1.append(q.argmax(1) == teacher.argmax(1))
+                base.append(kl_rows(teacher, expand(bf16_topk(teacher, r["same_bytes_k"]), 600, "uniform")))
+        assert (r["kl"], r["recall"], r["top1"], r["same_bytes_kl"]) == (
+            float(np.concatenate(kl).mean()), float(np.mean(recall)), float(np.concatenate(top1).mean()),
+            float(np.concatenate(base).mean())), r["row"]
