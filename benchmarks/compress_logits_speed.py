@@ -3,8 +3,9 @@
 The limit is measured in the same run: one pass that takes each row's maximum and a float32 sum of
 ``exp2`` over every logit, 32 rows at a time in a reused buffer (the least any exact normaliser does).
 Next to it: plain torch (``torch.topk`` + ``logsumexp``), slc's selection (block top k + the same
-``exp2`` normaliser) and the whole per-chunk work of ``slc compress`` once fitted (selection, ``topk-vq``
-encode, zstd). Speed does not depend on what the distributions mean, so the logits are Zipf-shaped
+``exp2`` normaliser) and the whole per-chunk work of ``slc compress`` once fitted (the input check,
+selection, ``topk-vq`` encode, zstd), as 0.10 did it (a separate NaN/inf pass) and as now (the check
+read off the selection). Speed does not depend on what the distributions mean, so the logits are Zipf-shaped
 synthetic ones (bench_tokens.zipf_logits). Medians of ``--repeats`` runs, interleaved.
 
     python benchmarks/compress_logits_speed.py [--vocab 50257] [--tokens 4096] [--k 64] [--threads 2]
@@ -25,7 +26,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tokens import zipf_logits  # noqa: E402
-from slc.codecs.labels import to_logp  # noqa: E402
+from slc.codecs.labels import check_block, to_logp  # noqa: E402
+from slc.compression import check_selected  # noqa: E402
 from slc.codecs.sparse import LOG2E, LSE_ROWS, select_topk  # noqa: E402
 from slc.codecs.topkvq import TopKVQCodec  # noqa: E402
 
@@ -37,6 +39,11 @@ def exp_limit(x: torch.Tensor) -> None:
         b = x[r:r + LSE_ROWS]
         m = b.amax(1, keepdim=True)
         torch.add(m * -LOG2E, b, alpha=LOG2E, out=buf[:len(b)]).exp2_().sum(1)
+
+
+def checked(s, raw):
+    check_selected(s, raw, 0)
+    return s
 
 
 def main() -> None:
@@ -61,8 +68,12 @@ def main() -> None:
         "plain torch: torch.topk + logsumexp": lambda: [(torch.topk(x[c], a.k, 1), x[c].logsumexp(1)) for c in chunks],
         "slc selection (block top k + exp2 normaliser)":
             lambda: [select_topk(x[c], a.k, normalised=False) for c in chunks],
-        "slc compress per chunk (selection + topk-vq encode + zstd)":
-            lambda: [z.compress(codec.encode_sparse(codec.select(logits[c], "logits", 1.0))) for c in chunks],
+        "slc compress per chunk, 0.10 (check pass + selection + topk-vq encode + zstd)":
+            lambda: [(check_block(logits[c], "logits", 0, True),
+                      z.compress(codec.encode_sparse(codec.select(logits[c], "logits", 1.0)))) for c in chunks],
+        "slc compress per chunk (selection, checked from its top k + topk-vq encode + zstd)":
+            lambda: [z.compress(codec.encode_sparse(checked(codec.select(logits[c], "logits", 1.0), logits[c])))
+                     for c in chunks],
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(a.repeats):  # interleaved: a noisy machine slows every row alike

@@ -535,6 +535,16 @@ def sniff(job: Job) -> tuple[Kind, list[Block], Iterator, np.ndarray | None]:
     return kind, first, blocks, None if head is None else head[:want]
 
 
+def check_selected(s: SparseLabels, raw, row0: int) -> None:
+    """:func:`check_block` for logits, from their top k: a row with a NaN, a +inf or no finite logit has a NaN
+    normaliser, so its largest value is NaN; only such a row is checked again (one pass less over the block)."""
+    bad = np.isnan(s.logp[:, 0])
+    if bad.any():
+        r = int(np.argmax(bad))
+        check_block(host(raw[r:r + 1]), "logits", row0 + r, neg_inf=True)
+        raise SlcInputError(f"expected finite labels or -inf, got a row whose normaliser is NaN: row {row0 + r}")
+
+
 def host(block) -> np.ndarray:
     """A block as a host array (a source may leave its blocks as tensors on the teacher's device)."""
     return block if isinstance(block, np.ndarray) else block.cpu().numpy()
@@ -722,10 +732,13 @@ def write_chunks(job: Job, enc: Codec, kind: Kind, blocks, w: ContainerWriter, t
         if (e, s) != want:  # a source must tile in order
             raise SlcInputError(f"expected a block at epoch {want[0]} sample {want[1]}, got epoch {e} sample {s}")
         if not isinstance(block, SparseLabels):
-            if lp is None and not job.src.checked:
+            selected = job.token_level and kind == "logits"  # checked from what the selection gives
+            if lp is None and not job.src.checked and not selected:
                 check_block(block, kind, e * n + s, job.token_level)
             if job.token_level:  # top k straight from the teacher's output (on its device): no dense log-softmax
-                block, lp = enc.select(block, kind, temperature), None
+                raw, block, lp = block, enc.select(block, kind, temperature), None
+                if selected and not job.src.checked:
+                    check_selected(block, raw, e * n + s)
             elif lp is None:
                 lp = to_logp(host(block), kind, temperature)
         parts.append(block if lp is None else lp)

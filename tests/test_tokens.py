@@ -427,3 +427,18 @@ def test_f32_values_keep_the_top_k_log_probabilities_exactly_and_refuse_nan(tmp_
     payload[ranks:ranks + 4] = np.float32(np.nan).tobytes()  # past the checksum: the codec's own check
     with pytest.raises(slc.SlcFormatError, match="log-probabilities at most 0"):
         codec.decode_sparse(bytes(payload), f.index[0].count)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan, -np.inf])
+def test_bad_logits_found_by_the_selection_name_their_row(tmp_path, value):
+    """Token logits are checked from their selected top k (no separate pass): a +inf, a NaN or an all -inf row
+    in a later chunk is still one line naming the row, and nothing is written."""
+    logits = lm_logits(64, 400)
+    if value == -np.inf:
+        logits[40] = value
+    else:
+        logits[40, 123] = value
+    with pytest.raises(slc.SlcInputError, match="row 40$"):
+        slc.compress(logits, tmp_path / "b.slc", codec="topk-vq", source="logits", chunk_size=16,
+                     options={"k": 10, "values": "bf16"})
+    assert not (tmp_path / "b.slc").exists()
