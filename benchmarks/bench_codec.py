@@ -91,14 +91,10 @@ def main() -> None:
     enc = median_rate(lambda: codec.encode(logp), args.block, args.repeats)
     payload = codec.encode(logp)
     dec = median_rate(lambda: codec.decode(payload, args.block), args.block, args.repeats)
-    # decoding includes the softmax to probabilities
-    from slc.codecs.labels import retemper
+    # decoding includes the softmax to probabilities, fused as the reader does it (benchmarks/decode_speed.py)
+    from slc.codecs.labels import decode_probs
 
-    def decode_probs():
-        lab, kind = codec.decode(payload, args.block)
-        retemper(lab, kind, t, "probs")
-
-    dec_p = median_rate(decode_probs, args.block, args.repeats)
+    dec_p = median_rate(lambda: decode_probs(codec, payload, args.block, t), args.block, args.repeats)
     params = f"k={p['k']}, d_c={p['dc']}, d_h={p['dh']}"
     rows += [("raw fp16 read (baseline)", f"{raw:,.0f} labels/s", "1.00x", "-"),
              (f"encode ({params})", f"{enc:,.0f} labels/s", f"{enc / raw:.2f}x", ">= 20,000 labels/s"),

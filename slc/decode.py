@@ -75,13 +75,13 @@ def export(path: str, output: str, epochs: list[int] | None = None, start: int =
             stream = sys.stdout.buffer
             _npy_header(stream, shape, dt)
             for b in blocks:
-                stream.write(b.tobytes())
+                stream.write(b.data)  # the array's own bytes: no copy
             stream.flush()
         elif kind == "npy":
             with atomic_output(output, force) as o:
                 _npy_header(o, shape, dt)
                 for b in blocks:
-                    o.write(b.tobytes())
+                    o.write(b.data)
         else:
             import h5py
 

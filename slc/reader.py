@@ -18,7 +18,7 @@ from slc.format.container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, 
                         read_header, read_layout, read_section)
 from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
-from slc.codecs.labels import retemper
+from slc.codecs.labels import decode_probs, retemper
 from slc.codecs.sparse import SparseLabels
 from slc.format.parts import PART, PartInfo
 from slc.format.sections import CHUNKS, EPOCHS_MAP, HEADER, INDEX, TOKENS_IDS, TOKENS_SEQ, parse_ids, parse_map, parse_seq
@@ -150,9 +150,38 @@ class SlcFile:
             expect(len(data) == c.raw_length, f"{c.raw_length} bytes after zstd", len(data))
         return data
 
-    def decode_chunk(self, c: ChunkEntry, out: Kind = "probs", temperature: float | None = None) -> np.ndarray:
-        labels, kind = self.codec.decode(self.chunk_payload(c), c.count)
-        return retemper(labels, kind, self.header.temperature, out, temperature)
+    def decode_chunk(self, c: ChunkEntry, out: Kind = "probs", temperature: float | None = None,
+                     into: np.ndarray | None = None) -> np.ndarray:
+        """One chunk's labels ``(c.count, C)`` as float32 probabilities or logits; written into ``into`` if given."""
+        payload = self.chunk_payload(c)
+        if out == "probs":
+            return decode_probs(self.codec, payload, c.count, self.header.temperature, temperature, into)
+        labels, kind = self.codec.decode(payload, c.count)
+        labels = retemper(labels, kind, self.header.temperature, out, temperature)
+        if into is None:
+            return labels
+        into[...] = labels
+        return into
+
+    def _rows(self, i: int, a: int, b: int, out: Kind, temperature: float | None,
+              into: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[a, b)`` of chunk ``i`` (a copy the caller may write into), or written into ``into``."""
+        c = self.index[i]
+        if not self.tiling.spans_epochs:
+            if into is not None and (a, b) == (0, c.count):
+                return self.decode_chunk(c, out, temperature, into)
+            rows = self.decode_chunk(c, out, temperature)[a:b]
+        else:
+            key = (i, out, temperature)
+            if self._last is None or self._last[0] != key:  # epochs that share a chunk decode it once
+                self._last = key, self.decode_chunk(c, out, temperature)
+            rows = self._last[1][a:b]
+            if into is None:
+                return rows.copy()
+        if into is None:
+            return rows
+        into[...] = rows
+        return into
 
     def iter_chunks(self, epochs: range | list[int] | None = None, start: int = 0, stop: int | None = None,
                     out: Kind = "probs", temperature: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -161,19 +190,18 @@ class SlcFile:
         self.check_range(start, stop)
         for e in self.select_epochs(epochs):
             for i, a, b, first in self.tiling.locate(e, start, stop):
-                if not self.tiling.spans_epochs:
-                    yield e, first, self.decode_chunk(self.index[i], out, temperature)[a:b]
-                    continue
-                key = (i, out, temperature)
-                if self._last is None or self._last[0] != key:  # epochs that share a chunk decode it once
-                    self._last = key, self.decode_chunk(self.index[i], out, temperature)
-                yield e, first, self._last[1][a:b].copy()  # a copy: the caller may write into it
+                yield e, first, self._rows(i, a, b, out, temperature)
 
     def decode(self, epoch: int = 0, start: int = 0, stop: int | None = None, out: Kind = "probs",
                temperature: float | None = None) -> np.ndarray:
         """Labels ``(stop - start, C)`` of one epoch as float32 probabilities or logits."""
-        parts = [a for _, _, a in self.iter_chunks([epoch], start, stop, out, temperature)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.header.classes), np.float32)
+        stop = self.header.samples if stop is None else stop
+        self.check_range(start, stop)
+        self.select_epochs([epoch])
+        labels = np.empty((stop - start, self.header.classes), np.float32)
+        for i, a, b, first in self.tiling.locate(epoch, start, stop):  # each chunk decoded into its rows
+            self._rows(i, a, b, out, temperature, labels[first - start:first - start + b - a])
+        return labels
 
     def select_epochs(self, epochs) -> list[int]:
         all_e = range(self.header.epochs)

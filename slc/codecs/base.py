@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
 from slc.errors import SlcFormatError, expect
 
 Kind = Literal["probs", "logits"]
+# ``fill(lo, hi, dst)``: write the logits of rows ``[lo, hi)`` into ``dst``, a float32 torch tensor ``(hi - lo, C)``
+LogitRows = Callable[[int, int, Any], None]
 UNAVAILABLE = 1 << 62  # a measured payload for plan params the input cannot give (sparse input with fewer words)
 
 
@@ -59,6 +61,12 @@ class Codec(ABC):
 
     @abstractmethod
     def decode(self, payload: bytes | memoryview, n: int) -> tuple[np.ndarray, Kind]: ...
+
+    def logit_rows(self, payload: bytes | memoryview, n: int) -> LogitRows | None:
+        """For a codec that decodes logits row by row: the payload checked as :meth:`decode` checks it, and a
+        :data:`LogitRows` writing the logits ``decode`` returns, block by block (so that decoding to
+        probabilities writes each output row once, :func:`slc.codecs.labels.decode_probs`). ``None``: decode only."""
+        return None
 
     @classmethod
     def tensor_specs(cls, params: dict, classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -25,7 +25,7 @@ import torch
 
 from slc.codecs.base import Codec, param, split_payload
 from slc.codecs.fitting import check_tensors
-from slc.codecs.labels import rank_fix
+from slc.codecs.labels import rank_fix, rank_fix_
 from slc.codecs.pca import PCACodec
 from slc.codecs.sparse import collapse, expand, mixed_prior, select_topk, uncollapse
 from slc.codecs.vqae import FitConfig, VQAECodec
@@ -145,7 +145,8 @@ class HybridCodec(Codec):
         return pack_bits(s.indices, self.index_bits) + self.inner.encode(collapse(s) if self.rest == "collapsed"
                                                                          else logp)
 
-    def decode(self, payload, n):
+    def split(self, payload, n: int) -> tuple[np.ndarray, memoryview]:
+        """The payload's stored classes, checked, as ``(n, top)`` int64, and the rest's payload."""
         raw_idx, raw_rest = split_payload(payload, packed_size(n * self.top, self.index_bits),
                                           self.inner.payload_size(n))
         idx = unpack_bits(raw_idx, n * self.top, self.index_bits).reshape(n, self.top).astype(np.int64)
@@ -154,6 +155,24 @@ class HybridCodec(Codec):
             srt = np.sort(idx, axis=1)
             expect(not (srt[:, 1:] == srt[:, :-1]).any(), "distinct classes in each label's top k",
                    "a repeated class")
+        return idx, raw_rest
+
+    def logit_rows(self, payload, n):
+        if self.rest != "full":  # collapsed: the tail is spread over the whole label; pca: whole chunks only
+            return None
+        idx, raw_rest = self.split(payload, n)
+        inner = self.inner.logit_rows(raw_rest, n)
+        if inner is None:
+            return None
+        top = torch.from_numpy(idx)
+
+        def fill(lo: int, hi: int, dst: torch.Tensor) -> None:
+            inner(lo, hi, dst)
+            rank_fix_(dst, top[lo:hi])
+        return fill
+
+    def decode(self, payload, n):
+        idx, raw_rest = self.split(payload, n)
         out, kind = self.inner.decode(raw_rest, n)
         if kind == "probs":
             out = np.log(np.maximum(out, 1e-30))

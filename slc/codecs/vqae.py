@@ -308,8 +308,27 @@ class VQAECodec(Codec):
             return renormalise(out, self.eps).numpy(), "probs"
         return out.numpy(), "logits"
 
-    def decode(self, payload, n):
+    def unpacked(self, payload, n: int) -> torch.Tensor:
+        """The payload's code indices, checked, as ``(n, m)`` int64."""
         codes = unpack_bits(payload, n * self.m, self.bits)
         if codes.size and codes.max() >= self.k:
             raise SlcFormatError(f"expected code indices < k={self.k}, got {codes.max()}")
-        return self.decode_codes(torch.from_numpy(codes).view(n, self.m))
+        return torch.from_numpy(codes).view(n, self.m)
+
+    def decode(self, payload, n):
+        return self.decode_codes(self.unpacked(payload, n))
+
+    def logit_rows(self, payload, n):
+        if self.domain == "prob":  # renormalised probabilities, not logits
+            return None
+        codes = self.unpacked(payload, n).reshape(-1)
+        m, dh, w, b = self.m, self.dh, self.decoder, self.bias
+
+        @torch.no_grad()
+        def fill(lo: int, hi: int, dst: torch.Tensor) -> None:
+            h = self.codebook.index_select(0, codes[lo * m:hi * m]).view(hi - lo, dh)
+            if b is None:
+                torch.mm(h, w, out=dst)
+            else:
+                torch.addmm(b, h, w, out=dst)
+        return fill
