@@ -57,6 +57,8 @@ def unpack_bits(data: bytes | memoryview | np.ndarray, n: int, bits: int) -> np.
         return np.zeros(0, dtype=np.int64)
     if total % 8 and buf[-1] >> (total % 8):
         raise SlcFormatError("expected zero padding bits after the last code, got non-zero bits")
+    if bits in (8, 16):  # byte-aligned: each code is its own (little-endian) bytes
+        return buf.view("<u2" if bits == 16 else np.uint8).astype(np.int64)
     if bits <= 25:  # every code lies within one 4-byte window starting at its first byte
         padded = np.zeros(need + 4, dtype=np.uint32)
         padded[:need] = buf
