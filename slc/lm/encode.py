@@ -90,7 +90,8 @@ def encode_lm(teacher: str | LMTeacher, text: str | os.PathLike, out: str | os.P
     sequences = teacher.read(os.fspath(text), vocab_file=vocab_file, seq_len=seq_len)
     offsets = offsets_of(sequences)
     ids = np.concatenate(sequences)
-    src = LMSource(teacher, sequences, on_tokens, on_device=device_select)
+    # the selection's normaliser and tails are float64, which Apple's MPS lacks: there it runs on the host
+    src = LMSource(teacher, sequences, on_tokens, on_device=device_select and teacher.device.type != "mps")
     n, vocab = src.shape[1], src.shape[2]
     log(f"teacher: {vocab:,} words on {teacher.device} ({teacher.kind}); text: {len(sequences):,} sequences, "
         f"{n:,} tokens from {os.fspath(text)}")
