@@ -20,6 +20,7 @@ from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
 from slc.codecs.labels import decode_probs, retemper
 from slc.codecs.sparse import SparseLabels
+from slc.codecs.topkvq import rows_of
 from slc.format.parts import PART, PartInfo
 from slc.format.sections import CHUNKS, EPOCHS_MAP, HEADER, INDEX, TOKENS_IDS, TOKENS_SEQ, parse_ids, parse_map, parse_seq
 
@@ -170,7 +171,10 @@ class SlcFile:
         if not self.tiling.spans_epochs:
             if into is not None and (a, b) == (0, c.count):
                 return self.decode_chunk(c, out, temperature, into)
-            rows = self.decode_chunk(c, out, temperature)[a:b]
+            if isinstance(self.codec, TokenCodec) and (a, b) != (0, c.count):  # a few tokens of a long chunk
+                rows = self._token_rows(c, a, b, out, temperature)
+            else:
+                rows = self.decode_chunk(c, out, temperature)[a:b]
         else:
             key = (i, out, temperature)
             if self._last is None or self._last[0] != key:  # epochs that share a chunk decode it once
@@ -182,6 +186,11 @@ class SlcFile:
             return rows
         into[...] = rows
         return into
+
+    def _token_rows(self, c: ChunkEntry, a: int, b: int, out: Kind, temperature: float | None) -> np.ndarray:
+        """Rows ``[a, b)`` of a token chunk, made dense from their sparse rows alone (not the chunk's (n, V))."""
+        labels, kind = self.codec.dense(rows_of(self.codec.decode_sparse(self.chunk_payload(c), c.count), a, b))
+        return retemper(labels, kind, self.header.temperature, out, temperature)
 
     def iter_chunks(self, epochs: range | list[int] | None = None, start: int = 0, stop: int | None = None,
                     out: Kind = "probs", temperature: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -230,8 +239,7 @@ class SlcFile:
         self.check_range(start, stop)
         for i, a, b, first in self.tiling.locate(0, start, stop):  # token files hold one epoch
             c = self.index[i]
-            s = codec.decode_sparse(self.chunk_payload(c), c.count)
-            yield first, SparseLabels(s.indices[a:b], s.logp[a:b], s.tail[a:b])
+            yield first, rows_of(codec.decode_sparse(self.chunk_payload(c), c.count), a, b)
 
     def sparse(self, start: int = 0, stop: int | None = None) -> SparseLabels:
         """Token labels ``[start, stop)`` as stored: top-k word indices, their log-probabilities, the tail."""

@@ -442,3 +442,16 @@ def test_bad_logits_found_by_the_selection_name_their_row(tmp_path, value):
         slc.compress(logits, tmp_path / "b.slc", codec="topk-vq", source="logits", chunk_size=16,
                      options={"k": 10, "values": "bf16"})
     assert not (tmp_path / "b.slc").exists()
+
+
+@pytest.mark.parametrize("tail", ["capped", "prior", "uniform"])
+def test_a_few_tokens_decode_from_their_own_rows_as_the_whole_chunk_gives_them(tmp_path, tail):
+    """Reading tokens [a, b) of a long chunk expands only their sparse rows: the same bits as slicing the chunk."""
+    out = tmp_path / f"{tail}.slc"
+    slc.compress(lm_logits(300, 500), out, codec="topk-vq", source="logits", chunk_size=256,
+                 options={"k": 8, "m": 4, "tail": tail, **FAST})
+    with slc.open_slc(out) as f:
+        for kind in ("logits", "probs"):
+            whole = f.decode(0, out=kind)
+            for a, b in ((0, 1), (3, 40), (200, 256), (250, 300), (256, 299)):
+                np.testing.assert_array_equal(f.decode(0, a, b, out=kind), whole[a:b])

@@ -20,7 +20,7 @@ import torch
 from slc.bench.report import keep_folder
 from slc.compression import compress
 from slc.errors import SlcError, SlcInputError
-from slc.codecs.labels import detect_source, retemper, to_logp
+from slc.codecs.labels import detect_source, to_logp
 from slc.reader import open_slc
 from slc.sources import open_labels
 from slc.codecs.sparse import SparseLabels, expand, kl_rows, select_topk
@@ -110,15 +110,12 @@ def score_file(path: str, held: HeldOut, ks: list[int]) -> dict:
     """KL, top-20 recall and top-1 of a file's held-out tokens, and the KL of bf16 top-k' for each k' in ``ks``."""
     kl, hits, top1 = [], [], []
     with open_slc(path) as f:
-        codec, t = f.sparse_codec, f.temperature
+        t = f.temperature
         if t != held.temperature:
             raise ValueError(f"expected held-out tokens at the file's temperature {t:g}, got {held.temperature:g}")
         for a, b, teacher in held.blocks():
             stored = f.sparse(a, b)
-            codec.check_distinct(stored)
-            # f.decode(0, a, b, out="logits") / t, bit for bit, without decoding the whole chunk for every block
-            dense = expand(stored, codec.classes, codec.dense_tail, codec.prior_logp)
-            q = retemper(dense, "logits", t, "logits") / t
+            q = f.decode(0, a, b, out="logits") / t
             kl.append(kl_rows(teacher, q))
             i = slice(a - held.start, b - held.start)
             hits.append((held.top[i, :, None] == stored.indices[:, None, :]).any(2).sum(1))

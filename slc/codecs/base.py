@@ -150,6 +150,10 @@ class TokenCodec(Codec):
     def decode_sparse(self, payload: bytes | memoryview, n: int):
         """One chunk payload -> :class:`~slc.codecs.sparse.SparseLabels` of ``n`` tokens."""
 
+    @abstractmethod
+    def dense(self, labels) -> tuple[np.ndarray, Kind]:
+        """Decoded :class:`~slc.codecs.sparse.SparseLabels` -> dense ``(n, V)`` labels, as :meth:`decode` gives them."""
+
     @property
     @abstractmethod
     def dense_tail(self) -> str:

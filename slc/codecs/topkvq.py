@@ -276,7 +276,11 @@ class TopKVQCodec(TokenCodec):
         expect(not (srt[:, 1:] == srt[:, :-1]).any(), "distinct words in each token's top k", "a repeated word")
 
     def decode(self, payload, n):
-        s = self.decode_sparse(payload, n)
+        return self.dense(self.decode_sparse(payload, n))
+
+    def dense(self, s: SparseLabels) -> tuple[np.ndarray, str]:
+        """Decoded sparse rows as dense ``(n, V)`` log-probabilities, the tail spread by :attr:`dense_tail`
+        (row by row: any rows of a chunk give what decoding the whole chunk gives them)."""
         self.check_distinct(s)
         return expand(s, self.classes, self.dense_tail, self.prior_logp), "logits"
 
