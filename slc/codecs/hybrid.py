@@ -29,7 +29,7 @@ from slc.codecs.labels import rank_fix, rank_fix_
 from slc.codecs.pca import PCACodec
 from slc.codecs.sparse import collapse, expand, mixed_prior, select_topk, uncollapse
 from slc.codecs.vqae import FitConfig, VQAECodec
-from slc.errors import SlcFormatError, expect
+from slc.errors import expect
 from slc.format.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 
 PREFIX = "hybrid."
