@@ -24,6 +24,16 @@ def logits_npy(tmp_path):
     return path
 
 
+def assert_probs_equal(got: np.ndarray, pinned: np.ndarray) -> None:
+    """Probabilities decoded from a pinned file against the ones pinned with it.
+
+    The file's bytes and every stored value are compared exactly elsewhere; probabilities come out of
+    torch's vectorised ``exp`` (softmax at T, exp of log-probs), whose last bits differ between CPUs
+    (its AVX2 and AVX-512 kernels round differently), so they are held to a few float32 ulps.
+    """
+    np.testing.assert_allclose(got, pinned, rtol=1e-6, atol=0)
+
+
 def run_slc(*args, stdin=None, check=False) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     p = subprocess.run([sys.executable, "-m", "slc", *map(str, args)], input=stdin, capture_output=True)
