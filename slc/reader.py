@@ -18,7 +18,7 @@ from slc.format.container import (ENCODING_ZSTD, check_section_crc, ChunkEntry, 
                         read_header, read_layout, read_section)
 from slc.errors import SlcFormatError, SlcInputError, expect
 from slc.format.header import MAX_CHUNK_ELEMENTS, Header
-from slc.codecs.labels import decode_probs, retemper
+from slc.codecs.labels import decode_probs, retemper, written
 from slc.codecs.sparse import SparseLabels
 from slc.codecs.topkvq import rows_of
 from slc.format.parts import PART, PartInfo
@@ -158,11 +158,7 @@ class SlcFile:
         if out == "probs":
             return decode_probs(self.codec, payload, c.count, self.header.temperature, temperature, into)
         labels, kind = self.codec.decode(payload, c.count)
-        labels = retemper(labels, kind, self.header.temperature, out, temperature)
-        if into is None:
-            return labels
-        into[...] = labels
-        return into
+        return written(retemper(labels, kind, self.header.temperature, out, temperature), into)
 
     def _rows(self, i: int, a: int, b: int, out: Kind, temperature: float | None,
               into: np.ndarray | None = None) -> np.ndarray:
@@ -182,10 +178,7 @@ class SlcFile:
             rows = self._last[1][a:b]
             if into is None:
                 return rows.copy()
-        if into is None:
-            return rows
-        into[...] = rows
-        return into
+        return written(rows, into)
 
     def _token_rows(self, c: ChunkEntry, a: int, b: int, out: Kind, temperature: float | None) -> np.ndarray:
         """Rows ``[a, b)`` of a token chunk, made dense from their sparse rows alone (not the chunk's (n, V))."""

@@ -185,8 +185,12 @@ def decode_probs(codec: Codec, payload: bytes | memoryview, n: int, stored_t: fl
     if fill is not None:
         return softmax_rows(fill, n, codec.classes, stored_t / t, into)
     labels, kind = codec.decode(payload, n)
-    probs = retemper(labels, kind, stored_t, "probs", t)
+    return written(retemper(labels, kind, stored_t, "probs", t), into)
+
+
+def written(labels: np.ndarray, into: np.ndarray | None) -> np.ndarray:
+    """``labels``, or ``into`` with ``labels`` copied into it (for the functions that take an output array)."""
     if into is None:
-        return probs
-    into[...] = probs
+        return labels
+    into[...] = labels
     return into
