@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tokens import zipf_logits  # noqa: E402
+from timing import timed  # noqa: E402
 from slc.codecs.labels import check_block, to_logp  # noqa: E402
 from slc.compression import check_selected  # noqa: E402
 from slc.codecs.sparse import LOG2E, LSE_ROWS, select_topk  # noqa: E402
@@ -75,12 +75,7 @@ def main() -> None:
             lambda: [z.compress(codec.encode_sparse(checked(codec.select(logits[c], "logits", 1.0), logits[c])))
                      for c in chunks],
     }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(a.repeats):  # interleaved: a noisy machine slows every row alike
-        for name, fn in steps.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = timed(steps, a.repeats)
     rates = {name: a.tokens / statistics.median(ts) for name, ts in times.items()}
     base = next(iter(rates.values()))
     table = Table(title=f"compress from dense logits: V={a.vocab:,}, k={a.k}, {a.tokens:,} tokens, "

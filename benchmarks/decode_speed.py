@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,19 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slc  # noqa: E402
 from slc.codecs.labels import decode_probs, retemper, softmax_rows  # noqa: E402
 from slc.codecs.planner import plan_for  # noqa: E402
+from timing import timed  # noqa: E402
 
 SHAPE = (2, 12_000)
-
-
-def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of each callable per repeat, the callables taking turns within each repeat."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def summary(secs: dict[str, list[float]], labels: dict[str, int]) -> list[tuple[str, str, str, str]]:
@@ -140,7 +129,7 @@ def main() -> None:
     logits = load_real_labels("fmnist-effnet-l0")["logits"]
     c = logits.shape[-1]
     logits = logits.reshape(*SHAPE, c)
-    total, t = logits.shape[0] * logits.shape[1], args.temperature
+    t = args.temperature
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as wd:
         raw_path = os.path.join(wd, "labels-fp16.npy")

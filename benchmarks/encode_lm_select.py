@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tokens import zipf_logits  # noqa: E402
+from timing import timed  # noqa: E402
 from slc.codecs.sparse import select_topk  # noqa: E402
 
 
@@ -61,13 +61,7 @@ def main() -> None:
     a_, b_ = host_path(), device_path()
     same = np.array_equal(a_.indices, b_.indices) and np.array_equal(a_.logp, b_.logp)
     diff = float(np.abs(a_.logp - b_.logp).max())
-    times: dict[str, list[float]] = {"host": [], "device": []}
-    for _ in range(a.repeats):
-        for name, fn in (("host", host_path), ("device", device_path)):
-            sync(dev)
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = timed({"host": host_path, "device": device_path}, a.repeats)  # each path ends synchronised
     rate = {name: a.tokens / statistics.median(ts) for name, ts in times.items()}
     per_token = {"host": 4 * a.vocab, "device": a.k * (8 + 4) + 4}
     table = Table(title=f"encode-lm selection on {dev}: V={a.vocab:,}, k={a.k}, {a.tokens:,} tokens, "

@@ -37,7 +37,7 @@ from slc.bench.tokens import BLOCK, DEFAULT_ROWS, RECALL_K, bf16_topk, parse_row
 from slc.codecs.labels import detect_source, to_logp  # noqa: E402
 from slc.codecs.sparse import expand, kl_rows  # noqa: E402
 from slc.compression import compress  # noqa: E402
-from slc.errors import SlcError, SlcInputError  # noqa: E402
+from slc.errors import SlcError  # noqa: E402
 from slc.reader import open_slc  # noqa: E402
 from slc.sources import open_labels  # noqa: E402
 
